@@ -1,0 +1,8 @@
+//! endless-model: the procedural world, the video models, samplers and training.
+//!
+//! The library and the training CLI build without GStreamer (the GPU machines have none);
+//! MP4 writing is behind the `gst` feature.
+
+pub mod data;
+pub mod media;
+pub mod world;

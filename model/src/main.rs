@@ -1,0 +1,217 @@
+//! `endless-model`: the model crate's command line — world previews now, training and
+//! sampling as they land.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use endless_model::media::{Size, contact_sheet, write_mp4, write_png};
+use endless_model::world::{Attributes, Clip, ClipOptions, ClipSampler, Phrasing, Split, Timeline, World, parse};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "endless-model", version, about = "endless: the world, the models, training")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Renders a clip of the procedural world from a prompt, as MP4 and/or a contact sheet.
+    World(WorldArgs),
+    /// Renders one frame of each of twelve captions into one PNG (the docs' contact sheet).
+    WorldSheet {
+        /// Output PNG.
+        #[arg(long, default_value = "docs/world-contact-sheet.png")]
+        out: PathBuf,
+        /// Size of each frame.
+        #[arg(long, default_value = "256x144")]
+        size: Size,
+        /// World seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Measures how fast the world renders, single- and multi-threaded; prints a table.
+    WorldBench {
+        /// Frame sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "128x128,256x256,512x288")]
+        sizes: Vec<Size>,
+        /// Frames rendered per measurement.
+        #[arg(long, default_value_t = 240)]
+        frames: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct WorldArgs {
+    /// What to show, in free words: "a snowy night over the mountains, camera drifting left".
+    /// Attributes it does not mention take their defaults (day, clear, hills, pan right).
+    #[arg(long)]
+    prompt: String,
+    /// A later prompt, as SECONDS:PROMPT ("6:sunset over the sea"); repeatable. Only the
+    /// attributes it mentions change.
+    #[arg(long = "then", value_name = "SECONDS:PROMPT")]
+    then: Vec<String>,
+    /// Length of each transition, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    transition: f64,
+    /// Clip length in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Frame size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "256x256")]
+    size: Size,
+    /// Frames per second.
+    #[arg(long, default_value_t = 12.0)]
+    fps: f64,
+    /// World seed: the same seed and prompts give the same frames, bit for bit.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// MP4 output (needs the `gst` feature).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// PNG contact sheet of 12 frames spread over the clip.
+    #[arg(long)]
+    contact_sheet: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::World(args) => world(args),
+        Command::WorldSheet { out, size, seed } => world_sheet(&out, size, seed),
+        Command::WorldBench { sizes, frames } => {
+            world_bench(&sizes, frames);
+            Ok(())
+        }
+    }
+}
+
+fn world(args: WorldArgs) -> Result<()> {
+    if args.out.is_none() && args.contact_sheet.is_none() {
+        bail!("nothing to write: give --out clip.mp4 and/or --contact-sheet sheet.png");
+    }
+    if !(args.fps > 0.0 && args.fps <= 240.0) || !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
+        bail!("--fps must be in (0, 240] and --seconds in (0, 86400]");
+    }
+    let first = parse(&args.prompt).over(Attributes::default());
+    let mut timeline = Timeline::new(first);
+    println!("0.0 s: {first}  ({})", args.prompt);
+    for then in &args.then {
+        let (at, prompt) = then
+            .split_once(':')
+            .and_then(|(at, p)| Some((at.trim().parse::<f64>().ok()?, p)))
+            .with_context(|| format!("--then {then:?}: expected SECONDS:PROMPT"))?;
+        let target = parse(prompt).over(timeline.target());
+        println!("{at:.1} s: {target}  ({prompt})");
+        timeline.push(at, args.transition, target);
+    }
+    let clip = Clip {
+        world: World::new(args.seed),
+        timeline,
+        phrasing: Phrasing::sample(Split::Train, args.seed),
+        start: 0.0,
+        fps: args.fps,
+        frames: (args.seconds * args.fps).round().max(1.0) as usize,
+        width: args.size.width,
+        height: args.size.height,
+    };
+    if let Some(path) = &args.contact_sheet {
+        let picks: Vec<usize> = (0..12).map(|k| k * (clip.frames - 1) / 11).collect();
+        let frames: Vec<Vec<u8>> = picks.iter().map(|&i| clip.render_frame(i, true)).collect();
+        let (sheet, rgb) = contact_sheet(&frames, args.size, 4, 4);
+        write_png(path, sheet, &rgb).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} ({} frames of {})", path.display(), frames.len(), args.size);
+    }
+    if let Some(path) = &args.out {
+        let started = Instant::now();
+        let n = write_mp4(path, args.size, args.fps, (0..clip.frames).map(|i| clip.render_frame(i, true)))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "wrote {} ({n} frames, {:.1} s, in {:.1} s)",
+            path.display(),
+            n as f64 / args.fps,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Twelve captions that between them show every value of every attribute.
+const SHEET_CAPTIONS: [&str; 12] = [
+    "rolling hills on a clear day, camera drifting right",
+    "a snowy night over the mountains, camera drifting left",
+    "sunset over the ocean, static camera",
+    "the desert at dawn under a clear sky, slow pan to the right",
+    "a forest in thick fog at dawn, panning left",
+    "a city skyline at night while it rains, static camera",
+    "mountains at sunset with clouds rolling by, panning right",
+    "ocean waves at night under the stars, camera drifting left",
+    "pine trees while it snows during the day, fixed shot",
+    "sand dunes at sunset, hazy, panning left",
+    "the city during the day under heavy clouds, panning right",
+    "green hills in the evening while it rains, static camera",
+];
+
+fn world_sheet(out: &std::path::Path, size: Size, seed: u64) -> Result<()> {
+    let frames: Vec<Vec<u8>> = SHEET_CAPTIONS
+        .iter()
+        .enumerate()
+        .map(|(k, caption)| {
+            let a = parse(caption).over(Attributes::default());
+            let state = Timeline::new(a).state_at(20.0 + 7.0 * k as f64);
+            World::new(seed + k as u64).frame(&state, size.width, size.height)
+        })
+        .collect();
+    let (sheet, rgb) = contact_sheet(&frames, size, 4, 4);
+    write_png(out, sheet, &rgb).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {} — row by row:", out.display());
+    for (k, c) in SHEET_CAPTIONS.iter().enumerate() {
+        println!("{:>2}. {c}  → {}", k + 1, parse(c).over(Attributes::default()));
+    }
+    Ok(())
+}
+
+fn world_bench(sizes: &[Size], frames: usize) {
+    let threads = rayon::current_num_threads();
+    println!("| size | threads | frames/s | ms/frame |");
+    println!("|---|---|---|---|");
+    for &size in sizes {
+        let o = ClipOptions { width: size.width, height: size.height, fps: 8.0, frames, transition_probability: 0.5 };
+        // A mix of every attribute: clips of 8 frames from the training sampler.
+        let clips: Vec<Clip> = {
+            let mut s = ClipSampler::new(Split::Train, 1);
+            (0..frames.div_ceil(8)).map(|_| s.next_clip(&ClipOptions { frames: 8, ..o })).collect()
+        };
+        let started = Instant::now();
+        for clip in &clips {
+            std::hint::black_box(clip.render(false));
+        }
+        let one = clips.len() * 8;
+        let single = one as f64 / started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        {
+            use rayon::prelude::*;
+            clips.par_iter().for_each(|clip| {
+                std::hint::black_box(clip.render(false));
+            });
+        }
+        let multi = one as f64 / started.elapsed().as_secs_f64();
+        println!("| {size} | 1 | {single:.0} | {:.2} |", 1000.0 / single);
+        println!("| {size} | {threads} | {multi:.0} | {:.2} |", 1000.0 / multi);
+    }
+}

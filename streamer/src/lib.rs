@@ -1,0 +1,1 @@
+//! The endless service library.
