@@ -135,7 +135,7 @@ pub fn write_mp4(
     // appsrc ! videoconvert ! x264enc ! h264parse ! mp4mux ! filesink
     let pipeline = gst::parse::launch(&format!(
         "appsrc name=src format=time ! videoconvert ! video/x-raw,format=I420 \
-         ! x264enc speed-preset=medium key-int-max={} ! h264parse ! mp4mux ! filesink location=\"{}\"",
+         ! x264enc speed-preset=medium bframes=0 key-int-max={} ! h264parse ! mp4mux ! filesink location=\"{}\"",
         (fps * 2.0).round().max(1.0) as u32,
         path.display().to_string().replace('"', "\\\"")
     ))

@@ -1,1 +1,89 @@
-fn main() {}
+//! `endless`: the service binary.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use endless_streamer::config::{Config, Override};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "endless", version, about = "endless: never-ending generated video, live")]
+struct Cli {
+    /// Configuration file; without it the built-in defaults (the same as the shipped
+    /// config.toml) are used.
+    #[arg(long, global = true, env = "ENDLESS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides any setting: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+    /// Overrides server.listen.
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Overrides sessions.source (world or model).
+    #[arg(long, global = true)]
+    source: Option<String>,
+    /// Overrides sessions.size (WIDTHxHEIGHT).
+    #[arg(long, global = true)]
+    size: Option<String>,
+    /// Overrides sessions.fps.
+    #[arg(long, global = true)]
+    fps: Option<u32>,
+    /// Overrides recording.dir.
+    #[arg(long, global = true)]
+    recordings_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks the configuration and prints the settings in effect, as TOML.
+    Config,
+}
+
+impl Cli {
+    /// The overrides in the order they apply: named flags, then every --set.
+    fn overrides(&self) -> Result<Vec<Override>> {
+        let mut out = Vec::new();
+        let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+        if let Some(v) = &self.listen {
+            out.push(Override::named("--listen", "server.listen", quoted(v)));
+        }
+        if let Some(v) = &self.source {
+            out.push(Override::named("--source", "sessions.source", quoted(v)));
+        }
+        if let Some(v) = &self.size {
+            out.push(Override::named("--size", "sessions.size", quoted(v)));
+        }
+        if let Some(v) = self.fps {
+            out.push(Override::named("--fps", "sessions.fps", v));
+        }
+        if let Some(v) = &self.recordings_dir {
+            out.push(Override::named("--recordings-dir", "recording.dir", quoted(&v.display().to_string())));
+        }
+        for s in &self.set {
+            out.push(Override::from_set(s)?);
+        }
+        Ok(out)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let config = match cli.overrides().and_then(|o| Ok(Config::load(cli.config.as_deref(), &o)?)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config).expect("a Config always serialises"));
+            ExitCode::SUCCESS
+        }
+    }
+}

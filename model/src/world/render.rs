@@ -31,7 +31,7 @@ const BASE: [f32; LAYERS] = [0.60, 0.68, 0.78, 0.90];
 /// Aerial perspective: how much of the horizon colour veils each layer.
 const HAZE: [f32; LAYERS] = [0.50, 0.30, 0.14, 0.04];
 /// How much of the fog colour covers each layer in full fog.
-const FOG_DEPTH: [f32; LAYERS] = [0.85, 0.66, 0.44, 0.22];
+const FOG_DEPTH: [f32; LAYERS] = [0.88, 0.72, 0.52, 0.3];
 /// The horizon, from the top of the frame.
 const HORIZON: f32 = BASE[0];
 /// A sunk layer: below the bottom of the frame (the sea covers it).
@@ -370,7 +370,7 @@ impl World {
             if look.fog > 0.0 {
                 let depth = match land {
                     Some(l) => FOG_DEPTH[l],
-                    None if v < HORIZON => 1.0 - 0.45 * smoothstep(0.0, HORIZON, HORIZON - v),
+                    None if v < HORIZON => 1.0 - 0.2 * smoothstep(0.0, HORIZON, HORIZON - v),
                     None => 0.9,
                 };
                 let bank = fbm2(self.seed ^ 0xF06, (u as f64 + s.camera_x * 0.5) * 1.6 + t * 0.04, v as f64 * 3.0, 3);
@@ -614,5 +614,144 @@ impl World {
             }
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::{Attributes, Camera, TimeOfDay, Timeline};
+
+    fn attrs(time: TimeOfDay, weather: Weather, scenery: Scenery, camera: Camera) -> Attributes {
+        Attributes { time, weather, scenery, camera }
+    }
+
+    fn frame(a: Attributes, t: f64, w: usize, h: usize) -> Vec<u8> {
+        World::new(5).frame(&Timeline::new(a).state_at(t), w, h)
+    }
+
+    fn luma(rgb: &[u8]) -> Vec<f64> {
+        rgb.chunks_exact(3).map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).collect()
+    }
+
+    fn mean(v: &[f64]) -> f64 {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+
+    fn std(v: &[f64]) -> f64 {
+        let m = mean(v);
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn every_size_from_64_to_512_renders_a_picture() {
+        for (w, h) in [(64, 64), (128, 128), (256, 144), (512, 512), (512, 288)] {
+            for &s in Scenery::ALL {
+                let y = luma(&frame(attrs(TimeOfDay::Day, Weather::Clear, s, Camera::Still), 3.0, w, h));
+                assert!(std(&y) > 8.0, "{w}x{h} {s}: flat picture (std {:.1})", std(&y));
+            }
+        }
+    }
+
+    #[test]
+    fn night_is_dark_with_stars_and_day_is_bright() {
+        let a = attrs(TimeOfDay::Night, Weather::Clear, Scenery::Hills, Camera::Still);
+        let night = luma(&frame(a, 1.0, 256, 256));
+        let day = luma(&frame(Attributes { time: TimeOfDay::Day, ..a }, 1.0, 256, 256));
+        assert!(mean(&night) < 35.0 && mean(&day) > 110.0, "night {:.0}, day {:.0}", mean(&night), mean(&day));
+        // Stars: sky pixels much brighter than their row's median.
+        let sky_rows = (0..100).map(|y| &night[y * 256..(y + 1) * 256]);
+        let stars: usize = sky_rows
+            .map(|row| {
+                let mut sorted = row.to_vec();
+                sorted.sort_by(f64::total_cmp);
+                let median = sorted[128];
+                row.iter().filter(|&&v| v > median + 40.0).count()
+            })
+            .sum();
+        assert!(stars > 30, "only {stars} star pixels");
+        // They twinkle: the same sky a second later differs only at the stars.
+        let later = luma(&frame(a, 1.7, 256, 256));
+        let changed = night.iter().zip(&later).filter(|(a, b)| (*a - *b).abs() > 10.0).count();
+        assert!(changed > 10 && changed < 3000, "{changed} pixels changed");
+    }
+
+    #[test]
+    fn weather_is_readable() {
+        let clear = attrs(TimeOfDay::Day, Weather::Clear, Scenery::Mountains, Camera::Still);
+        // Fog veils the land: edges and texture fade (local contrast, mean |∇| of luma).
+        let detail = |rgb: Vec<u8>| {
+            let y = luma(&rgb);
+            let grads: Vec<f64> = (0..256 * 255).map(|i| (y[i] - y[i + 256]).abs() + (y[i] - y[i + 1]).abs()).collect();
+            mean(&grads)
+        };
+        let base = detail(frame(clear, 2.0, 256, 256));
+        let fog = detail(frame(Attributes { weather: Weather::Fog, ..clear }, 2.0, 256, 256));
+        assert!(fog < 0.6 * base, "fog lowers local contrast: {fog:.2} vs {base:.2}");
+        for w in [Weather::Rain, Weather::Snow] {
+            // Precipitation moves: frames a fraction of a second apart differ all over.
+            let a = frame(Attributes { weather: w, ..clear }, 2.0, 256, 256);
+            let b = frame(Attributes { weather: w, ..clear }, 2.25, 256, 256);
+            let moved = luma(&a).iter().zip(luma(&b)).filter(|(x, y)| (*x - y).abs() > 8.0).count();
+            assert!(moved > 600, "{w}: only {moved} pixels moved");
+        }
+        // A clear still sky barely moves in the same quarter second (clouds drift slowly).
+        let a = luma(&frame(clear, 2.0, 256, 256));
+        let b = luma(&frame(clear, 2.25, 256, 256));
+        let moved = a.iter().zip(&b).filter(|(x, y)| (*x - *y).abs() > 8.0).count();
+        assert!(moved < 300, "{moved}");
+    }
+
+    #[test]
+    fn lit_windows_appear_in_the_city_at_night() {
+        let a = attrs(TimeOfDay::Night, Weather::Clear, Scenery::City, Camera::Still);
+        let rgb = frame(a, 1.0, 256, 256);
+        let warm = rgb.chunks_exact(3).filter(|p| p[0] > 120 && p[0] as i32 > p[2] as i32 + 50).count();
+        assert!(warm > 150, "{warm} lit window pixels");
+        let hills = frame(Attributes { scenery: Scenery::Hills, ..a }, 1.0, 256, 256);
+        let warm_hills = hills.chunks_exact(3).filter(|p| p[0] > 120 && p[0] as i32 > p[2] as i32 + 50).count();
+        assert!(warm_hills < 20);
+    }
+
+    /// Best horizontal shift (in pixels) of the bottom band of `b` relative to `a`.
+    fn shift(a: &[u8], b: &[u8], w: usize, h: usize) -> i64 {
+        let (la, lb) = (luma(a), luma(b));
+        let rows = h * 85 / 100..h;
+        (-40i64..=40)
+            .min_by_key(|&s| {
+                let mut err = 0.0;
+                for y in rows.clone() {
+                    for x in 48..w - 48 {
+                        let xb = (x as i64 - s) as usize;
+                        err += (la[y * w + x] - lb[y * w + xb]).abs();
+                    }
+                }
+                (err * 100.0) as i64
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn panning_moves_the_picture_with_parallax_and_never_repeats() {
+        let (w, h) = (256, 128);
+        let a = attrs(TimeOfDay::Day, Weather::Clear, Scenery::Forest, Camera::PanRight);
+        let tl = Timeline::new(a);
+        let world = World::new(9);
+        // Panning right moves the nearest land left by PAN_SPEED screen heights per second.
+        let f0 = world.frame(&tl.state_at(10.0), w, h);
+        let f1 = world.frame(&tl.state_at(10.5), w, h);
+        let expected = (crate::world::PAN_SPEED * 0.5 * h as f64).round() as i64;
+        assert!((shift(&f0, &f1, w, h) - expected).abs() <= 1, "{} vs {expected}", shift(&f0, &f1, w, h));
+        let left = Timeline::new(Attributes { camera: Camera::PanLeft, ..a });
+        let g0 = world.frame(&left.state_at(10.0), w, h);
+        let g1 = world.frame(&left.state_at(10.5), w, h);
+        assert!((shift(&g0, &g1, w, h) + expected).abs() <= 1);
+        // Over a minute of panning no frame repeats the first.
+        let first = luma(&f0);
+        for s in 1..=60 {
+            let later = luma(&world.frame(&tl.state_at(10.0 + s as f64), w, h));
+            let diff = mean(&first.iter().zip(&later).map(|(x, y)| (x - y).abs()).collect::<Vec<_>>());
+            assert!(diff > 3.0, "frame at +{s} s looks like the first (mean diff {diff:.2})");
+        }
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test of endless on a fresh Debian 12 machine: installs what is missing, builds,
+# tests. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+echo "==> the model crate builds without GStreamer (the GPU machines have none)"
+if cargo tree -p endless-model -e normal,build --prefix none | grep -q '^gstreamer'; then
+  echo "error: endless-model depends on GStreamer without the gst feature" >&2
+  exit 1
+fi
+
+echo "==> build (release, with every binary the end-to-end tests run)"
+cargo build --release --workspace --features endless-model/gst
+
+echo "==> tests"
+cargo test --release --workspace --features endless-model/gst
