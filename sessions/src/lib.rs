@@ -1,3 +1,13 @@
-//! Sessions of endless: rolling latent context, frame sources and the batch scheduler.
-//! Session logic knows nothing of sockets or codecs (filled in by the streaming and
-//! generation issues).
+//! Sessions of endless: frame sources, the playout clock and the registry of live sessions.
+//! Session logic knows nothing of sockets or codecs: it hands real-time RGB frames to
+//! whoever encodes them.
+
+pub mod id;
+pub mod registry;
+pub mod session;
+pub mod source;
+
+pub use id::{OwnerToken, SessionId};
+pub use registry::{CreateRequest, Registry, RegistryError, SourceFactory, WorldFactory};
+pub use session::{Frame, Output, Session, SessionError, SessionInfo, Settings, ViewerGuard};
+pub use source::{FrameSource, PromptEvent, SourceError, WorldSource};
