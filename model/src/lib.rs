@@ -5,4 +5,5 @@
 
 pub mod data;
 pub mod media;
+pub mod text;
 pub mod world;

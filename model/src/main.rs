@@ -41,6 +41,25 @@ enum Command {
         #[arg(long, default_value_t = 240)]
         frames: usize,
     },
+    /// Encodes prompts with the text encoder (all-MiniLM-L6-v2): token ids, first values, norm
+    /// and the cosine similarities between the prompts.
+    Embed {
+        /// A prompt; repeatable.
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        /// Model directory (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Measures the text encoder on the CPU: load time, cold and cached latency per prompt.
+    TextBench {
+        /// Model directory (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Cold encodes of each of the twelve sheet captions.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -98,6 +117,8 @@ fn run(cli: Cli) -> Result<()> {
             world_bench(&sizes, frames);
             Ok(())
         }
+        Command::Embed { prompt, dir } => text_embed(&prompt, dir),
+        Command::TextBench { dir, rounds } => text_bench(dir, rounds),
     }
 }
 
@@ -105,7 +126,13 @@ fn world(args: WorldArgs) -> Result<()> {
     if args.out.is_none() && args.contact_sheet.is_none() {
         bail!("nothing to write: give --out clip.mp4 and/or --contact-sheet sheet.png");
     }
-    if !(args.fps > 0.0 && args.fps <= 240.0) || !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
+    if args.fps <= 0.0
+        || args.fps > 240.0
+        || args.seconds <= 0.0
+        || args.seconds > 86_400.0
+        || args.fps.is_nan()
+        || args.seconds.is_nan()
+    {
         bail!("--fps must be in (0, 240] and --seconds in (0, 86400]");
     }
     let first = parse(&args.prompt).over(Attributes::default());
@@ -214,4 +241,73 @@ fn world_bench(sizes: &[Size], frames: usize) {
         println!("| {size} | 1 | {single:.0} | {:.2} |", 1000.0 / single);
         println!("| {size} | {threads} | {multi:.0} | {:.2} |", 1000.0 / multi);
     }
+}
+
+fn text_embed(prompts: &[String], dir: Option<PathBuf>) -> Result<()> {
+    use endless_model::text::{TextEncoder, default_dir};
+    let dir = dir.unwrap_or_else(default_dir);
+    let encoder = TextEncoder::<burn::backend::Flex>::load(&dir, &Default::default())?;
+    let embeddings: Vec<_> = prompts.iter().map(|p| encoder.embed(p)).collect();
+    for (k, (p, e)) in prompts.iter().zip(&embeddings).enumerate() {
+        let first: Vec<String> = e.pooled()[..8].iter().map(|v| format!("{v:+.5}")).collect();
+        let norm = e.pooled().iter().map(|v| v * v).sum::<f32>().sqrt();
+        println!("{k}: {p:?}\n   {} tokens {:?}", e.num_tokens(), e.ids());
+        println!("   embedding[..8] = [{}], norm {norm:.6}", first.join(", "));
+    }
+    for i in 0..embeddings.len() {
+        for j in i + 1..embeddings.len() {
+            println!("cos({i}, {j}) = {:.4}", embeddings[i].similarity(&embeddings[j]));
+        }
+    }
+    Ok(())
+}
+
+fn text_bench(dir: Option<PathBuf>, rounds: usize) -> Result<()> {
+    use endless_model::text::{TextEncoder, default_dir};
+    let dir = dir.unwrap_or_else(default_dir);
+    let started = Instant::now();
+    let encoder = TextEncoder::<burn::backend::Flex>::load(&dir, &Default::default())?.with_cache_capacity(0);
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let ms = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let tokens: Vec<usize> = SHEET_CAPTIONS.iter().map(|c| encoder.tokenizer().encode(c).len()).collect();
+    encoder.embed(SHEET_CAPTIONS[0]); // warm-up
+    let mut cold: Vec<f64> = (0..rounds.max(1))
+        .flat_map(|_| SHEET_CAPTIONS.map(|c| ms(&mut || drop(std::hint::black_box(encoder.embed(c))))))
+        .collect();
+    cold.sort_by(f64::total_cmp);
+    let long = SHEET_CAPTIONS.join(" then ").repeat(2);
+    let long_ms = ms(&mut || drop(encoder.embed(&long)));
+    let batch_ms = ms(&mut || drop(encoder.encode(&SHEET_CAPTIONS).pooled.into_data()));
+    let encoder = encoder.with_cache_capacity(64);
+    for c in SHEET_CAPTIONS {
+        encoder.embed(c);
+    }
+    let calls = 100_000;
+    let cached_ms = ms(&mut || {
+        for i in 0..calls {
+            std::hint::black_box(encoder.embed(SHEET_CAPTIONS[i % SHEET_CAPTIONS.len()]));
+        }
+    });
+    println!(
+        "all-MiniLM-L6-v2 on the CPU (burn Flex, {} threads), loaded in {load_ms:.0} ms",
+        rayon::current_num_threads()
+    );
+    println!("| what | tokens | latency |");
+    println!("|---|---|---|");
+    let (lo, hi) = (tokens.iter().min().unwrap_or(&0), tokens.iter().max().unwrap_or(&0));
+    let pct = |q: f64| cold[((cold.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "| one caption, cold (median of {}) | {lo}–{hi} | {:.2} ms (p90 {:.2} ms) |",
+        cold.len(),
+        pct(0.5),
+        pct(0.9)
+    );
+    println!("| one long prompt, cold | {} | {long_ms:.1} ms |", encoder.tokenizer().encode(&long).len());
+    println!("| twelve captions in one batch | {hi} padded | {batch_ms:.1} ms ({:.2} ms each) |", batch_ms / 12.0);
+    println!("| one caption, cached | {lo}–{hi} | {:.0} ns |", cached_ms * 1e6 / calls as f64);
+    Ok(())
 }

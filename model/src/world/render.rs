@@ -602,8 +602,9 @@ impl World {
             if hash01(seed, i, j) > 0.45 {
                 continue;
             }
-            let sway =
-                0.15 * (s.t * (0.6 + hash01(seed ^ 1, i, j) as f64) + 6.28 * hash01(seed ^ 2, i, j) as f64).sin();
+            let sway = 0.15
+                * (s.t * (0.6 + hash01(seed ^ 1, i, j) as f64) + std::f64::consts::TAU * hash01(seed ^ 2, i, j) as f64)
+                    .sin();
             let fx = (i as f64 + 0.3 + 0.4 * hash01(seed ^ 3, i, j) as f64 + sway) * cell;
             let fy = (j as f64 + 0.2 + 0.6 * hash01(seed ^ 4, i, j) as f64) * cell;
             let d = ((sx - fx).powi(2) + (sy - fy).powi(2)).sqrt() as f32;
