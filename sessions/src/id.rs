@@ -53,8 +53,13 @@ impl OwnerToken {
 
     /// Whether `candidate` is this token, in time independent of where they differ.
     pub fn verify(&self, candidate: &str) -> bool {
+        Self::constant_time_eq(&self.0, candidate)
+    }
+
+    /// String equality in time independent of where the strings differ (for secrets).
+    pub fn constant_time_eq(a: &str, b: &str) -> bool {
         use subtle::ConstantTimeEq;
-        self.0.len() == candidate.len() && bool::from(self.0.as_bytes().ct_eq(candidate.as_bytes()))
+        a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
     }
 }
 

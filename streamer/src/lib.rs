@@ -1,4 +1,10 @@
-//! The endless service: configuration, and (as it lands) the HTTP and WebSocket server,
-//! GStreamer encoding and fan-out to viewers.
+//! The endless service: configuration, the HTTP and WebSocket server, GStreamer encoding,
+//! fan-out to viewers and recordings.
 
 pub mod config;
+pub mod encoder;
+pub mod metrics;
+pub mod protocol;
+pub mod recording;
+pub mod server;
+pub mod stream;

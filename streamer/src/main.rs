@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use endless_streamer::config::{Config, Override};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "endless", version, about = "endless: never-ending generated video, live")]
@@ -37,6 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serves the player, the API and the streams until SIGINT or SIGTERM.
+    Serve,
     /// Checks the configuration and prints the settings in effect, as TOML.
     Config,
 }
@@ -85,5 +88,31 @@ fn main() -> ExitCode {
             print!("{}", toml::to_string_pretty(&config).expect("a Config always serialises"));
             ExitCode::SUCCESS
         }
+        Command::Serve => match serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+fn serve(config: Config) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let running = endless_streamer::server::start(config, shutdown.clone()).await?;
+        println!("endless is serving on http://{}", running.addr);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut done = running.done;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            r = &mut done => return r?,
+        }
+        // Recordings are finalised within the configured grace time, then the server stops.
+        shutdown.cancel();
+        done.await?
+    })
 }

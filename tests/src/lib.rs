@@ -80,3 +80,129 @@ pub fn mean_rgb(rgb: &[u8]) -> [f64; 3] {
     let n = (rgb.len() / 3) as f64;
     m.map(|v| v / n)
 }
+
+/// A running `endless serve` on a free port, with its own recordings folder; SIGTERM on drop.
+pub struct TestServer {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub recordings: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts the server with `extra` flags after the defaults (128x128 at 12 fps).
+    pub fn start(extra: &[&str]) -> TestServer {
+        use std::io::BufRead;
+        let recordings = tempfile::tempdir().expect("a temp dir");
+        let web = concat!(env!("CARGO_MANIFEST_DIR"), "/../web");
+        let mut child = std::process::Command::new(binary("endless"))
+            .args(["--listen", "127.0.0.1:0", "--size", "128x128", "--fps", "12"])
+            .arg("--recordings-dir")
+            .arg(recordings.path())
+            .arg("--set")
+            .arg(format!("server.web_dir={web}"))
+            .args(extra)
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("endless starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("endless prints its address");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        TestServer { child, addr, recordings }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().expect("the server exits")
+    }
+
+    /// SIGKILL: no chance to finalise anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the server accepts");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request written");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let n = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+            rest = &rest[eol + 2 + n + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
+
+/// Decodes H.264 access units (Annex B) with GStreamer: the RGB frames, in order.
+pub fn decode_h264(access_units: &[Vec<u8>], fps: u32) -> Vec<DecodedFrame> {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    gst::init().expect("GStreamer initialises");
+    let pipeline = gst::parse::launch(
+        "appsrc name=src format=time caps=video/x-h264,stream-format=byte-stream,alignment=au \
+         ! h264parse ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink sync=false",
+    )
+    .expect("the decode pipeline parses")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    let src = pipeline.by_name("src").and_then(|e| e.downcast::<gstreamer_app::AppSrc>().ok()).expect("appsrc");
+    let sink = pipeline.by_name("sink").and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok()).expect("appsink");
+    pipeline.set_state(gst::State::Playing).expect("the decode pipeline starts");
+    for (i, au) in access_units.iter().enumerate() {
+        let mut b = gst::Buffer::from_slice(au.clone());
+        b.get_mut().expect("one owner").set_pts(gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / fps as u64));
+        src.push_buffer(b).expect("the decoder takes the access unit");
+    }
+    src.end_of_stream().expect("EOS");
+    let mut frames = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        let info = gstreamer_video::VideoInfo::from_caps(sample.caps().expect("caps")).expect("raw caps");
+        let buffer = sample.buffer().expect("a buffer");
+        let map = buffer.map_readable().expect("readable");
+        let (w, h, stride) = (info.width() as usize, info.height() as usize, info.stride()[0] as usize);
+        let mut rgb = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            rgb.extend_from_slice(&map[y * stride..y * stride + w * 3]);
+        }
+        frames.push(DecodedFrame { pts: buffer.pts().map_or(0, |t| t.nseconds()), width: w, height: h, rgb });
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    frames
+}

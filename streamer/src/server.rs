@@ -1,0 +1,521 @@
+//! The HTTP and WebSocket server: the player, the JSON API, `/metrics`, `/healthz`, the
+//! recordings, and one WebSocket per page for control and media.
+
+use crate::config::{Config, Source};
+use crate::metrics::{Gauges, Metrics};
+use crate::protocol::{ClientMessage, Codec, MediaHeader, ServerMessage, Track, now_us};
+use crate::recording;
+use crate::stream::SessionStream;
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use dashmap::DashMap;
+use endless_model::media::Size;
+use endless_sessions::{CreateRequest, OwnerToken, Registry, SessionId, Settings, WorldFactory};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tower_http::services::{ServeDir, ServeFile};
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub config: Config,
+    registry: Registry,
+    streams: DashMap<SessionId, Arc<SessionStream>>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server is shutting down: sockets close.
+    closing: CancellationToken,
+}
+
+/// A client-facing refusal: the message says what was wrong with their request.
+struct Refusal(String);
+
+impl<E: std::fmt::Display> From<E> for Refusal {
+    fn from(e: E) -> Self {
+        Refusal(e.to_string())
+    }
+}
+
+impl AppState {
+    fn new(config: Config) -> anyhow::Result<Arc<AppState>> {
+        if config.sessions.source == Source::Model {
+            anyhow::bail!(
+                "sessions.source = \"model\" is not available yet: the model source lands with issue 6; use \"world\""
+            );
+        }
+        let s = &config.sessions;
+        let settings = Settings {
+            chunk_frames: s.chunk_frames.get() as usize,
+            buffer_chunks: s.buffer_chunks.get() as usize,
+            max_prompt_chars: s.max_prompt_chars.get() as usize,
+            steer_min_interval: Duration::from_millis(s.steer_min_interval_ms.get() as u64),
+            transition_secs: s.transition_secs.get() as f64,
+            ..Settings::default()
+        };
+        let registry = Registry::new(
+            Box::new(WorldFactory),
+            settings,
+            s.max_sessions.get() as usize,
+            Duration::from_secs(s.idle_timeout_secs.get() as u64),
+        );
+        Ok(Arc::new(AppState {
+            config,
+            registry,
+            streams: DashMap::new(),
+            metrics: Arc::new(Metrics::default()),
+            closing: CancellationToken::new(),
+        }))
+    }
+
+    fn create(
+        &self,
+        prompt: &str,
+        seed: Option<u64>,
+        size: Option<&str>,
+        fps: Option<f64>,
+        api_key: Option<&str>,
+    ) -> Result<(Arc<SessionStream>, OwnerToken), Refusal> {
+        let required = &self.config.server.api_key;
+        if !required.is_empty() && !api_key.is_some_and(|k| OwnerToken::constant_time_eq(k, required)) {
+            return Err(Refusal("a valid API key is required to create a session".into()));
+        }
+        let size = match size {
+            Some(s) => s.parse::<Size>()?,
+            None => self.config.sessions.size,
+        };
+        if size.width > 1024 || size.height > 1024 {
+            return Err(Refusal("size is at most 1024x1024".into()));
+        }
+        let fps = fps.unwrap_or(self.config.sessions.fps.get() as f64);
+        let (session, token) = self.registry.create(&CreateRequest { prompt: prompt.into(), seed, size, fps })?;
+        self.metrics.sessions_created.fetch_add(1, Ordering::Relaxed);
+        self.attach(session, token)
+    }
+
+    fn attach(
+        &self,
+        session: Arc<endless_sessions::Session>,
+        token: OwnerToken,
+    ) -> Result<(Arc<SessionStream>, OwnerToken), Refusal> {
+        let stream = SessionStream::start(session.clone(), &self.config, self.metrics.clone()).map_err(|e| {
+            tracing::error!(cause = %e, "cannot start the encoder");
+            session.close();
+            Refusal("the server could not start an encoder".into())
+        })?;
+        self.streams.insert(session.id.clone(), stream.clone());
+        Ok((stream, token))
+    }
+
+    fn stream(&self, id: &str) -> Result<Arc<SessionStream>, Refusal> {
+        SessionId::parse(id)
+            .and_then(|id| self.streams.get(&id).map(|s| s.clone()))
+            .filter(|s| !s.session.is_closed())
+            .ok_or_else(|| Refusal("no such session".into()))
+    }
+
+    async fn close_stream(&self, id: &SessionId, reason: &str) {
+        if let Some((_, stream)) = self.streams.remove(id) {
+            stream.shutdown(reason).await;
+        }
+    }
+
+    /// Closes sessions idle past the timeout (or closed by their owner).
+    async fn evict(&self) {
+        for id in self.registry.evict_idle() {
+            self.close_stream(&id, "nobody watched for too long").await;
+        }
+        let gone: Vec<SessionId> =
+            self.streams.iter().filter(|s| s.session.is_closed()).map(|s| s.session.id.clone()).collect();
+        for id in gone {
+            self.close_stream(&id, "the session ended").await;
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds `config.server.listen` (port 0 picks a free port) and serves until `shutdown` is
+/// cancelled; then every recording is finalised within the configured grace time.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.server.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(config)?;
+    let app = router(state.clone());
+    let evictor = state.clone();
+    let stop_evicting = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => evictor.evict().await,
+                _ = stop_evicting.cancelled() => return,
+            }
+        }
+    });
+    let drain = state.clone();
+    let closing = state.closing.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        let grace = Duration::from_secs(drain.config.server.shutdown_grace_secs.get() as u64);
+        tracing::info!(sessions = drain.streams.len(), "shutting down: finalising recordings");
+        let ids: Vec<SessionId> = drain.streams.iter().map(|s| s.session.id.clone()).collect();
+        let all =
+            futures_util::future::join_all(ids.iter().map(|id| drain.close_stream(id, "the server is shutting down")));
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("shutdown grace time ran out");
+        }
+        drain.registry.close_all();
+        closing.cancel();
+    });
+    let closing = state.closing.clone();
+    let done = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(closing.cancelled_owned()).await?;
+        Ok(())
+    });
+    tracing::info!(%addr, "endless is serving");
+    Ok(Running { addr, state, done })
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let web = ServeDir::new(&state.config.server.web_dir);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/api/sessions", get(list_sessions).post(create_session))
+        .route("/api/recordings", get(list_recordings))
+        .route("/recordings/{name}", get(download))
+        .route("/ws", get(ws))
+        .fallback_service(web)
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let gauges = Gauges {
+        sessions: s.registry.len(),
+        viewers: s.registry.list().iter().map(|i| i.viewers).sum(),
+        recordings_active: s.streams.iter().filter(|st| st.is_recording()).count(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&gauges))
+}
+
+async fn list_sessions(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    Json(s.registry.list())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    prompt: String,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    size: Option<String>,
+    #[serde(default)]
+    fps: Option<f64>,
+}
+
+async fn create_session(State(s): State<Arc<AppState>>, headers: HeaderMap, Json(body): Json<CreateBody>) -> Response {
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    match s.create(&body.prompt, body.seed, body.size.as_deref(), body.fps, key) {
+        Ok((stream, token)) => Json(serde_json::json!({
+            "session": stream.session.id,
+            "token": token.as_str(),
+            "size": stream.session.size().to_string(),
+            "fps": stream.session.fps(),
+        }))
+        .into_response(),
+        Err(Refusal(message)) => {
+            s.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+        }
+    }
+}
+
+async fn list_recordings(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let dir = s.config.recording.dir.clone();
+    Json(tokio::task::spawn_blocking(move || recording::list(&dir)).await.unwrap_or_default())
+}
+
+async fn download(State(s): State<Arc<AppState>>, UrlPath(name): UrlPath<String>, req: Request<Body>) -> Response {
+    if !recording::is_recording_name(&name) {
+        return (StatusCode::NOT_FOUND, "no such recording").into_response();
+    }
+    let path = s.config.recording.dir.join(&name);
+    match ServeFile::new(path).oneshot(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => match e {},
+    }
+}
+
+async fn ws(State(s): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    let max = s.config.server.max_message_bytes.get() as usize;
+    upgrade.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| connection(s, socket))
+}
+
+/// What a socket is watching.
+struct Watching {
+    stream: Arc<SessionStream>,
+    token: Option<String>,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.forward.abort();
+    }
+}
+
+/// One WebSocket: a writer task fed by a bounded queue, and this loop reading requests.
+async fn connection(state: Arc<AppState>, socket: WebSocket) {
+    state.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+    state.metrics.ws_open.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut incoming) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut watching: Option<Watching> = None;
+    loop {
+        let msg = tokio::select! {
+            m = incoming.next() => m,
+            _ = state.closing.cancelled() => {
+                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                break;
+            }
+        };
+        let Some(Ok(msg)) = msg else { break };
+        let reply = match msg {
+            Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
+                Ok(req) => {
+                    let kind = req.kind();
+                    handle(&state, req, &mut watching, &tx).await.err().map(|Refusal(m)| (m, kind.to_string()))
+                }
+                Err(e) => Some((format!("not a valid request: {e}"), "unknown".into())),
+            },
+            Message::Binary(_) => Some(("binary messages are not accepted; send JSON text".into(), "binary".into())),
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => None,
+        };
+        if let Some((message, request)) = reply {
+            state.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+            if send(&tx, ServerMessage::Error { message, request }).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(watching);
+    drop(tx);
+    let _ = writer.await;
+    state.metrics.ws_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn send(tx: &mpsc::Sender<Message>, m: ServerMessage) -> Result<(), ()> {
+    tx.send(Message::Text(m.to_json().into())).await.map_err(|_| ())
+}
+
+/// The owned session of this socket, for owner-only requests.
+fn owned(watching: &Option<Watching>) -> Result<(&Arc<SessionStream>, &str), Refusal> {
+    let w = watching.as_ref().ok_or_else(|| Refusal("watch a session first".into()))?;
+    let token = w.token.as_deref().filter(|t| w.stream.session.is_owner(t));
+    token.map(|t| (&w.stream, t)).ok_or_else(|| Refusal("only the session's owner may do that".into()))
+}
+
+async fn handle(
+    state: &Arc<AppState>,
+    req: ClientMessage,
+    watching: &mut Option<Watching>,
+    tx: &mpsc::Sender<Message>,
+) -> Result<(), Refusal> {
+    match req {
+        ClientMessage::Create { prompt, seed, size, fps, api_key } => {
+            let (stream, token) = state.create(&prompt, seed, size.as_deref(), fps, api_key.as_deref())?;
+            let _ = send(
+                tx,
+                ServerMessage::Created { session: stream.session.id.to_string(), token: token.as_str().into() },
+            )
+            .await;
+        }
+        ClientMessage::Watch { session, token, codec } => {
+            let stream = state.stream(&session)?;
+            *watching = None; // stop forwarding the previous session first
+            let owner = token.as_deref().is_some_and(|t| stream.session.is_owner(t));
+            let media = stream.subscribe();
+            let events = stream.events.subscribe();
+            let guard = stream.session.watch();
+            let codec_string = stream
+                .wait_codec_string(Duration::from_secs(10))
+                .await
+                .ok_or_else(|| Refusal("the stream did not start in time".into()))?;
+            let s = &stream.session;
+            let _ = send(
+                tx,
+                ServerMessage::Watching {
+                    session: s.id.to_string(),
+                    owner,
+                    width: s.size().width,
+                    height: s.size().height,
+                    fps: s.fps(),
+                    codec,
+                    codec_string,
+                    prompt: s.prompt(),
+                },
+            )
+            .await;
+            let forward = tokio::spawn(forward(state.clone(), stream.clone(), codec, media, events, tx.clone(), guard));
+            *watching = Some(Watching { stream, token, forward });
+        }
+        ClientMessage::Steer { prompt, transition_secs } => {
+            let (stream, token) = owned(watching)?;
+            let frame = stream.session.steer(token, &prompt, transition_secs)?;
+            stream.note_prompts();
+            let _ = stream.events.send(ServerMessage::Prompt { prompt: stream.session.prompt(), frame });
+        }
+        ClientMessage::Pause | ClientMessage::Resume => {
+            let paused = matches!(req, ClientMessage::Pause);
+            let (stream, token) = owned(watching)?;
+            stream.session.set_paused(token, paused)?;
+            let _ = stream.events.send(ServerMessage::State { paused });
+        }
+        ClientMessage::Record { on } => {
+            let (stream, _) = owned(watching)?;
+            if on {
+                stream.start_recording()?;
+            } else {
+                let stream = stream.clone();
+                // Finalising may take a moment; the reply comes as a `recording` event.
+                tokio::spawn(async move { stream.stop_recording().await });
+            }
+        }
+        ClientMessage::Fork => {
+            let (stream, token) = owned(watching)?;
+            let (session, new_token) = state.registry.fork(&stream.session.id, token)?;
+            state.metrics.sessions_created.fetch_add(1, Ordering::Relaxed);
+            let (forked, new_token) = state.attach(session, new_token)?;
+            let _ = send(
+                tx,
+                ServerMessage::Forked { session: forked.session.id.to_string(), token: new_token.as_str().into() },
+            )
+            .await;
+        }
+        ClientMessage::Close => {
+            let (stream, token) = owned(watching)?;
+            let id = stream.session.id.clone();
+            state.registry.close(&id, token)?;
+            state.close_stream(&id, "closed by its owner").await;
+        }
+        ClientMessage::Ping { t } => {
+            let _ = send(tx, ServerMessage::Pong { t, server_ms: now_us() as f64 / 1000.0 }).await;
+        }
+    }
+    Ok(())
+}
+
+/// Media, events and stats of one session to one socket. A viewer that falls behind (its
+/// queue full, or the broadcast lagging) is skipped to the next keyframe.
+async fn forward(
+    state: Arc<AppState>,
+    stream: Arc<SessionStream>,
+    codec: Codec,
+    mut media: broadcast::Receiver<Arc<crate::encoder::Packet>>,
+    mut events: broadcast::Receiver<ServerMessage>,
+    tx: mpsc::Sender<Message>,
+    _guard: endless_sessions::ViewerGuard,
+) {
+    let wanted = |t: Track| match codec {
+        Codec::H264 => t == Track::H264,
+        Codec::Fmp4 => t == Track::Fmp4Media,
+    };
+    let mut need_key = true;
+    let mut stats = tokio::time::interval(Duration::from_secs(1));
+    if codec == Codec::Fmp4 {
+        // The init segment first: wait for the muxer to have written it.
+        let mut init = stream.init_segment();
+        for _ in 0..200 {
+            if init.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            init = stream.init_segment();
+        }
+        let Some(init) = init else { return };
+        let header = MediaHeader { track: Track::Fmp4Init, keyframe: true, pts_us: 0, push_us: now_us() };
+        if tx.send(Message::Binary([&header.encode()[..], &init].concat().into())).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            p = media.recv() => match p {
+                Ok(p) if wanted(p.track) => {
+                    if need_key && !p.keyframe {
+                        continue;
+                    }
+                    need_key = false;
+                    let header = MediaHeader { track: p.track, keyframe: p.keyframe, pts_us: p.pts_us, push_us: p.push_us };
+                    let bytes = [&header.encode()[..], &p.data].concat();
+                    let n = bytes.len() as u64;
+                    match tx.try_send(Message::Binary(bytes.into())) {
+                        Ok(()) => { state.metrics.media_bytes_sent.fetch_add(n, Ordering::Relaxed); }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            state.metrics.media_messages_dropped.fetch_add(1, Ordering::Relaxed);
+                            need_key = true;
+                            stream.request_keyframe();
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    state.metrics.media_messages_dropped.fetch_add(n, Ordering::Relaxed);
+                    need_key = true;
+                    stream.request_keyframe();
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            e = events.recv() => match e {
+                Ok(m) => {
+                    let ended = matches!(m, ServerMessage::Ended { .. });
+                    if send(&tx, m).await.is_err() || ended {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = stats.tick() => {
+                let i = stream.session.info();
+                let m = ServerMessage::Stats {
+                    generated_fps: i.generated_fps,
+                    buffered_frames: i.buffered_frames,
+                    shown_frames: i.shown_frames,
+                    viewers: i.viewers,
+                    stalls: i.stalls,
+                    recording: i.recording,
+                    paused: i.paused,
+                };
+                let _ = tx.try_send(Message::Text(m.to_json().into()));
+            }
+        }
+    }
+}

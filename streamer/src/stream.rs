@@ -1,0 +1,218 @@
+//! A session's media side: its encoder, the fan-out of encoded packets to viewers, the
+//! cached init data for late joiners, and its recording.
+
+use crate::config::Config;
+use crate::encoder::{Encoder, Packet, codec_string};
+use crate::metrics::Metrics;
+use crate::protocol::{ServerMessage, Track};
+use crate::recording::{Recorder, RecordingError};
+use bytes::Bytes;
+use endless_sessions::{Output, Session};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Packets a viewer may fall behind by before it is skipped to the next keyframe.
+const MEDIA_BACKLOG: usize = 128;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the encoder callback shares with the stream.
+struct Shared {
+    media: broadcast::Sender<Arc<Packet>>,
+    init: Mutex<Option<Bytes>>,
+    codec: Mutex<Option<String>>,
+    recorder: Mutex<Option<Recorder>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A session with its encoder and viewers' fan-out.
+pub struct SessionStream {
+    pub session: Arc<Session>,
+    encoder: Arc<Encoder>,
+    shared: Arc<Shared>,
+    /// Control events every viewer sees (prompt changes, pause, recording, end).
+    pub events: broadcast::Sender<ServerMessage>,
+    recordings_dir: PathBuf,
+    quota_mib: i64,
+    max_record_secs: f64,
+    grace: Duration,
+    last_forced_key: Mutex<Option<std::time::Instant>>,
+}
+
+impl SessionStream {
+    /// Starts encoding `session`'s frames.
+    pub fn start(session: Arc<Session>, config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<SessionStream>> {
+        let output = session.take_output().ok_or_else(|| anyhow::anyhow!("the session's output is taken"))?;
+        let (media, _) = broadcast::channel(MEDIA_BACKLOG);
+        let shared = Arc::new(Shared {
+            media,
+            init: Mutex::new(None),
+            codec: Mutex::new(None),
+            recorder: Mutex::new(None),
+            metrics,
+        });
+        let cb = shared.clone();
+        let encoder = Arc::new(Encoder::start(session.size(), session.fps(), &config.encoder, move |p| {
+            if p.track == Track::Fmp4Init {
+                *lock(&cb.init) = Some(p.data.clone());
+            }
+            if p.track == Track::H264 {
+                cb.metrics.frames_encoded.fetch_add(1, Ordering::Relaxed);
+                if p.keyframe && lock(&cb.codec).is_none() {
+                    *lock(&cb.codec) = codec_string(&p.data);
+                }
+                if let Some(r) = lock(&cb.recorder).as_mut() {
+                    r.push(&p);
+                }
+            }
+            let _ = cb.media.send(Arc::new(p)); // no receiver: nobody watches, fine
+        })?);
+        let (events, _) = broadcast::channel(64);
+        let stream = Arc::new(SessionStream {
+            session,
+            encoder,
+            shared,
+            events,
+            recordings_dir: config.recording.dir.clone(),
+            quota_mib: config.recording.quota_mib.get(),
+            max_record_secs: config.recording.max_secs.get() as f64,
+            grace: Duration::from_secs(config.server.shutdown_grace_secs.get() as u64),
+            last_forced_key: Mutex::new(None),
+        });
+        tokio::spawn(stream.clone().feed(output));
+        Ok(stream)
+    }
+
+    /// Frames from the session's playout clock into the encoder.
+    async fn feed(self: Arc<Self>, mut output: tokio::sync::mpsc::Receiver<Output>) {
+        while let Some(out) = output.recv().await {
+            match out {
+                Output::Frame(f) => {
+                    if let Err(e) = self.encoder.push(&f.rgb, f.pts_ns, f.duration_ns) {
+                        tracing::error!(session = %self.session.id, cause = %e, "encoder failed");
+                        let _ = self.events.send(ServerMessage::Ended { reason: "the encoder failed".into() });
+                        break;
+                    }
+                    let over =
+                        lock(&self.shared.recorder).as_ref().is_some_and(|r| r.seconds() >= self.max_record_secs);
+                    if over {
+                        tracing::info!(session = %self.session.id, "recording reached its maximum length");
+                        self.stop_recording().await;
+                    }
+                }
+                Output::Failed(e) => {
+                    tracing::error!(session = %self.session.id, cause = %e, "generation failed");
+                    let _ = self.events.send(ServerMessage::Ended { reason: format!("generation failed: {e}") });
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Packets for a new viewer. A keyframe is forced so it can start soon.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Packet>> {
+        let rx = self.shared.media.subscribe();
+        self.encoder.force_keyframe();
+        rx
+    }
+
+    /// Asks for a keyframe for a viewer that was skipped ahead; at most twice a second, so
+    /// slow viewers cannot flood the stream with keyframes.
+    pub fn request_keyframe(&self) {
+        let mut last = lock(&self.last_forced_key);
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            *last = Some(std::time::Instant::now());
+            self.encoder.force_keyframe();
+        }
+    }
+
+    /// The fMP4 init segment, once the muxer has written it.
+    pub fn init_segment(&self) -> Option<Bytes> {
+        lock(&self.shared.init).clone()
+    }
+
+    /// The WebCodecs codec string, once the first keyframe has been encoded.
+    pub fn codec_string(&self) -> Option<String> {
+        lock(&self.shared.codec).clone()
+    }
+
+    /// Waits (up to `timeout`) for the first keyframe's codec string.
+    pub async fn wait_codec_string(&self, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.codec_string() {
+                return Some(c);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        lock(&self.shared.recorder).is_some()
+    }
+
+    /// Starts a recording; returns its file name.
+    pub fn start_recording(&self) -> Result<String, RecordingError> {
+        let mut slot = lock(&self.shared.recorder);
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.name.clone());
+        }
+        let recorder = Recorder::start(&self.recordings_dir, &self.session, self.quota_mib)?;
+        let name = recorder.name.clone();
+        *slot = Some(recorder);
+        drop(slot);
+        self.session.set_recording(true);
+        self.shared.metrics.recordings_started.fetch_add(1, Ordering::Relaxed);
+        self.encoder.force_keyframe();
+        tracing::info!(session = %self.session.id, recording = %name, "recording started");
+        let _ = self.events.send(ServerMessage::Recording { on: true, name: Some(name.clone()) });
+        Ok(name)
+    }
+
+    /// Notes a prompt change in the recording's timeline.
+    pub fn note_prompts(&self) {
+        if let Some(r) = lock(&self.shared.recorder).as_mut() {
+            r.note_prompts(self.session.history());
+        }
+    }
+
+    /// Stops and finalises the recording, if any.
+    pub async fn stop_recording(&self) -> Option<String> {
+        let recorder = lock(&self.shared.recorder).take()?;
+        self.session.set_recording(false);
+        let grace = self.grace;
+        let result = tokio::task::spawn_blocking(move || recorder.finish(grace)).await;
+        let name = match result {
+            Ok(Ok(name)) => {
+                tracing::info!(session = %self.session.id, recording = %name, "recording finalised");
+                Some(name)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(session = %self.session.id, cause = %e, "recording not finalised");
+                None
+            }
+            Err(e) => {
+                tracing::error!(session = %self.session.id, cause = %e, "recording task failed");
+                None
+            }
+        };
+        let _ = self.events.send(ServerMessage::Recording { on: false, name: name.clone() });
+        name
+    }
+
+    /// Ends the stream: finalises any recording, tells viewers, stops the encoder.
+    pub async fn shutdown(&self, reason: &str) {
+        self.stop_recording().await;
+        self.session.close();
+        let _ = self.events.send(ServerMessage::Ended { reason: reason.into() });
+        self.encoder.stop();
+    }
+}
