@@ -230,3 +230,28 @@ async fn sigterm_finalises_recordings() {
     assert_eq!(timeline["finished"], true, "SIGTERM finalised the recording");
     assert!(decode_file(&path).len() >= 2 * FPS as usize);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mse_viewers_get_an_init_segment_then_fragments_from_a_keyframe() {
+    let server = TestServer::start(&[]);
+    let mut owner = Client::connect(&server).await;
+    let (session, _) = owner.create_and_watch("desert dunes at dawn").await;
+    let mut mse = Client::connect(&server).await;
+    mse.send(json!({"type": "watch", "session": session, "codec": "fmp4"})).await;
+    assert_eq!(mse.expect("watching").await["codec"], "fmp4");
+    let mut messages = Vec::new();
+    while messages.len() < 2 * FPS as usize {
+        if let Message::Binary(b) = mse.next().await {
+            messages.push(b.to_vec());
+        }
+    }
+    assert_eq!(messages[0][1], 2, "the init segment comes first");
+    assert_eq!(&messages[0][24..28], b"ftyp");
+    assert_eq!((messages[1][1], messages[1][2]), (3, 1), "then a media segment starting at a keyframe");
+    assert!(messages[1..].iter().all(|m| m[1] == 3 && &m[24..28] == b"moof"));
+    // The segments form a playable fragmented MP4.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), messages.iter().flat_map(|m| m[20..].to_vec()).collect::<Vec<u8>>()).unwrap();
+    let frames = decode_file(file.path());
+    assert!(frames.len() >= messages.len() - 2, "{} frames from {} segments", frames.len(), messages.len() - 1);
+}
