@@ -3,24 +3,11 @@
 import { msg, parseMedia, parseText, wallMs, Track } from './protocol.js';
 import { WebCodecsPlayer, MsePlayer, mseSupports } from './player.js';
 
-const $ = (id) => document.getElementById(id);
-const el = {
-  conn: $('conn'), stage: $('stage'), canvas: $('video'), video: $('mse'), placeholder: $('placeholder'),
-  loading: $('loading'), loadingText: $('loading-text'), caption: $('caption'),
-  badgeLive: $('badge-live'), badgePaused: $('badge-paused'), badgeRec: $('badge-rec'), recTime: $('rec-time'),
-  ended: $('ended'), endedText: $('ended-text'), restart: $('restart'),
-  controls: $('controls'), pause: $('pause'), record: $('record'), fork: $('fork'), close: $('close'),
-  copyWatch: $('copy-watch'), copyOwner: $('copy-owner'), forkResult: $('fork-result'), forkLink: $('fork-link'),
-  viewerNote: $('viewer-note'), form: $('prompt-form'), promptLabel: $('prompt-label'), prompt: $('prompt'),
-  start: $('start'), steer: $('steer'), transitionRow: $('transition-row'), transition: $('transition'),
-  transitionOut: $('transition-out'), settings: $('settings'), size: $('size'), fps: $('fps'), apiKey: $('api-key'),
-  sessions: $('sessions'), recordings: $('recordings'), toasts: $('toasts'),
-  s: {
-    gen: $('s-gen'), shown: $('s-shown'), buffer: $('s-buffer'), latency: $('s-latency'),
-    viewers: $('s-viewers'), stalls: $('s-stalls'), res: $('s-res'), codec: $('s-codec'),
-  },
-};
+/** Every element with an id, by camel-cased id: `el.video` is the canvas, `el.mse` the <video>. */
+const el = {};
+for (const n of document.querySelectorAll('[id]')) el[n.id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = n;
 
+const idlePlaceholder = el.prompt.placeholder;
 const params = new URLSearchParams(location.search);
 const wantFmp4 = params.get('codec') === 'fmp4';
 
@@ -34,30 +21,18 @@ const stats = {
 window.endlessStats = stats;
 
 const state = {
-  ws: null,
+  ws: null, retry: 0, retryTimer: 0, pingTimer: 0,
   /** 'idle' | 'creating' | 'joining' | 'watching' | 'ended' */
-  mode: 'idle',
-  session: null,
-  token: null,
-  owner: false,
-  fps: 12,
-  player: null,
-  forceFmp4: wantFmp4 || !window.VideoDecoder,
-  retry: 0,
-  retryTimer: 0,
-  pingTimer: 0,
-  clock: [],
-  offset: 0,
+  mode: 'idle', session: null, token: null, owner: false, fps: 12, paused: false, recording: false, recStart: 0,
+  player: null, forceFmp4: wantFmp4 || !window.VideoDecoder, firstFrame: false, awaitingWatch: false, drawnBefore: 0,
+  /** ping/pong samples {rtt, offset} and the clock offset in use (server − page, ms) */
+  clock: [], offset: 0,
+  /** push→display latencies of the last 60 frames (ms) */
   latencies: [],
-  paused: false,
-  recording: false,
-  recStart: 0,
-  caption: '',
-  pendingCaption: null,
-  firstFrame: false,
+  caption: '', pendingCaption: null,
 };
 
-// ---------------------------------------------------------------- helpers
+// ---- helpers
 
 const enc = encodeURIComponent;
 const median = (xs) => {
@@ -93,52 +68,25 @@ function showLoading(text) {
   el.loading.hidden = false;
 }
 
-function store(key, value) {
-  try {
-    if (value) localStorage.setItem(`endless.${key}`, value);
-    else localStorage.removeItem(`endless.${key}`);
-  } catch {
-    /* storage disabled */
-  }
-}
-
-function load(key) {
-  try {
-    return localStorage.getItem(`endless.${key}`);
-  } catch {
-    return null;
-  }
-}
-
 /** Copies text to the clipboard, falling back to a selection copy and then a prompt. */
 async function copyText(text, what) {
-  try {
-    if (navigator.clipboard && window.isSecureContext) {
-      await navigator.clipboard.writeText(text);
-      toast(`${what} copied`);
-      return;
-    }
-  } catch {
-    /* try the fallback */
-  }
-  const ta = document.createElement('textarea');
-  ta.value = text;
-  ta.setAttribute('readonly', '');
-  ta.style.cssText = 'position:fixed;top:-1000px;opacity:0';
-  document.body.append(ta);
-  ta.select();
   let ok = false;
   try {
-    ok = document.execCommand('copy');
+    await navigator.clipboard.writeText(text);
+    ok = true;
   } catch {
-    ok = false;
+    const ta = node('textarea', '', undefined, { readonly: '', style: 'position:fixed;top:-1000px;opacity:0' });
+    ta.value = text;
+    document.body.append(ta);
+    ta.select();
+    try { ok = document.execCommand('copy'); } catch { /* no clipboard at all */ }
+    ta.remove();
   }
-  ta.remove();
   if (ok) toast(`${what} copied`);
   else window.prompt(`Copy the ${what.toLowerCase()}:`, text);
 }
 
-// ---------------------------------------------------------------- UI modes
+// ---- UI modes
 
 /** Lays the page out for the current mode and role. */
 function render() {
@@ -151,9 +99,9 @@ function render() {
   // An owner (or a page joining with a token) gets the steering form, a viewer none.
   const steering = (watching && owner) || (mode === 'joining' && !!state.token);
   const canSteer = watching && owner;
-  el.form.hidden = mode === 'ended' || (live && !steering);
+  el.promptForm.hidden = mode === 'ended' || (live && !steering);
   el.promptLabel.textContent = steering ? 'Steer the stream' : 'Describe a landscape';
-  el.prompt.placeholder = steering ? 'now it snows, camera panning right' : 'a snowy night over the mountains, camera drifting left';
+  el.prompt.placeholder = steering ? 'now it snows, camera panning right' : idlePlaceholder;
   el.start.hidden = steering;
   el.start.disabled = creating || mode === 'joining';
   el.start.textContent = creating ? 'Starting…' : 'Start stream';
@@ -183,6 +131,8 @@ function finish(text) {
   el.endedText.textContent = text;
   el.ended.hidden = false;
   setRecording(false);
+  stats.shownFps = 0;
+  el.sShown.textContent = '0 fps';
   setMode('ended');
   el.restart.focus();
   refreshSessions(true);
@@ -195,10 +145,7 @@ function setCaption(text) {
   const first = !state.caption;
   state.caption = text;
   render();
-  if (first) {
-    el.caption.textContent = text;
-    return;
-  }
+  if (first) return void (el.caption.textContent = text);
   el.caption.classList.add('fading');
   setTimeout(() => {
     el.caption.textContent = state.caption;
@@ -227,7 +174,7 @@ function updateRecordingTime() {
   el.record.querySelector('.label').textContent = state.recording ? `Stop recording · ${t}` : 'Record';
 }
 
-/** Disables a button until `until` is called or `ms` pass. */
+/** Disables a button until the returned function is called or `ms` pass. */
 function busy(button, ms) {
   button.disabled = true;
   const t = setTimeout(() => render(), ms);
@@ -239,7 +186,7 @@ function busy(button, ms) {
 let recordDone = () => {};
 let forkDone = () => {};
 
-// ---------------------------------------------------------------- socket
+// ---- socket
 
 function wsUrl() {
   return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
@@ -260,11 +207,7 @@ function dropSocket() {
   clearInterval(state.pingTimer);
   if (!ws) return;
   ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-  try {
-    ws.close();
-  } catch {
-    /* already closed */
-  }
+  try { ws.close(); } catch { /* already closed */ }
 }
 
 /** Opens a fresh WebSocket and calls `onOpen` once it is open. */
@@ -312,6 +255,7 @@ function onSocketClosed() {
 }
 
 function sendWatch() {
+  state.awaitingWatch = true;
   send(msg.watch(state.session, state.token, state.forceFmp4 ? 'fmp4' : 'h264'));
   showLoading('Joining the stream…');
 }
@@ -332,79 +276,63 @@ function onPong(m) {
   stats.rttMs = rtt;
 }
 
-// ---------------------------------------------------------------- messages
+// ---- messages
+
+/** Handlers of the server's text messages, by `type`. */
+const handlers = {
+  created(m) {
+    state.session = stats.session = m.session;
+    state.token = m.token;
+    history.replaceState(null, '', ownerPath(m.session, m.token) + (wantFmp4 ? '&codec=fmp4' : ''));
+    setMode('joining');
+    sendWatch();
+    refreshSessions(true);
+  },
+  watching: (m) => onWatching(m),
+  prompt: (m) => onPrompt(m),
+  state: (m) => setPaused(!!m.paused),
+  recording(m) {
+    setRecording(!!m.on);
+    recordDone();
+    if (state.owner) toast(m.on ? `Recording${m.name ? ` to ${m.name}` : ''}` : 'Recording saved');
+    refreshRecordings(true);
+    setTimeout(() => refreshRecordings(true), 1500);
+  },
+  forked(m) {
+    forkDone();
+    el.forkLink.href = ownerPath(m.session, m.token);
+    el.forkResult.hidden = false;
+    el.forkLink.focus();
+    toast('Fork ready — it is yours to steer');
+    refreshSessions(true);
+  },
+  stats: (m) => onStats(m),
+  pong: (m) => onPong(m),
+  error: (m) => onServerError(m),
+  ended: (m) => finish(`Stream ended: ${m.reason || 'closed'}`),
+};
 
 function onText(text) {
   const m = parseText(text);
-  if (!m) return;
-  switch (m.type) {
-    case 'created':
-      state.session = stats.session = m.session;
-      state.token = m.token;
-      history.replaceState(null, '', ownerPath(m.session, m.token) + (wantFmp4 ? '&codec=fmp4' : ''));
-      setMode('joining');
-      sendWatch();
-      refreshSessions(true);
-      break;
-    case 'watching':
-      onWatching(m);
-      break;
-    case 'prompt':
-      onPrompt(m);
-      break;
-    case 'state':
-      setPaused(!!m.paused);
-      break;
-    case 'recording':
-      setRecording(!!m.on);
-      recordDone();
-      if (state.owner && m.on) toast(m.name ? `Recording to ${m.name}` : 'Recording');
-      else if (state.owner) toast('Recording saved');
-      refreshRecordings(true);
-      setTimeout(() => refreshRecordings(true), 1500);
-      break;
-    case 'forked':
-      forkDone();
-      el.forkLink.href = ownerPath(m.session, m.token);
-      el.forkResult.hidden = false;
-      el.forkLink.focus();
-      toast('Fork ready — it is yours to steer');
-      refreshSessions(true);
-      break;
-    case 'stats':
-      onStats(m);
-      break;
-    case 'pong':
-      onPong(m);
-      break;
-    case 'error':
-      onServerError(m);
-      break;
-    case 'ended':
-      finish(`Stream ended: ${m.reason || 'closed'}`);
-      break;
-    default:
-      break;
-  }
+  if (m && Object.hasOwn(handlers, m.type)) handlers[m.type](m);
 }
 
 function onWatching(m) {
   state.retry = 0;
+  state.awaitingWatch = false;
   state.session = stats.session = m.session;
   if (state.token && !m.owner && state.mode !== 'watching') toast('That owner token is not valid: watching read-only', 'error');
-  state.owner = stats.owner = !!m.owner;
-  state.fps = stats.fps = m.fps || 12;
-  stats.width = m.width;
-  stats.height = m.height;
-  stats.codec = m.codec;
-  stats.codecString = m.codec_string;
+  state.owner = !!m.owner;
+  state.fps = m.fps || 12;
+  Object.assign(stats, { owner: state.owner, fps: state.fps, width: m.width, height: m.height, codec: m.codec, codecString: m.codec_string });
   el.stage.style.setProperty('--ar-w', String(m.width || 16));
   el.stage.style.setProperty('--ar-h', String(m.height || 9));
-  if (m.width && m.height) {
-    el.canvas.width = m.width;
-    el.canvas.height = m.height;
+  // Resizing clears the canvas: only on a new size, so a reconnect keeps the last picture.
+  if (m.width && m.height && (el.video.width !== m.width || el.video.height !== m.height)) {
+    el.video.width = m.width;
+    el.video.height = m.height;
   }
-  el.s.res.textContent = `${m.width}×${m.height} @ ${m.fps}`;
+  el.sRes.textContent = `${m.width}×${m.height} @ ${m.fps}`;
   el.ended.hidden = true;
   setMode('watching');
   setCaption(m.prompt || '');
@@ -420,65 +348,60 @@ function onPrompt(m) {
 }
 
 function onStats(m) {
-  stats.generatedFps = m.generated_fps;
-  stats.bufferedFrames = m.buffered_frames;
-  stats.viewers = m.viewers;
-  stats.stalls = m.stalls;
-  stats.serverShownFrames = m.shown_frames;
+  Object.assign(stats, {
+    generatedFps: m.generated_fps, bufferedFrames: m.buffered_frames, viewers: m.viewers, stalls: m.stalls, serverShownFrames: m.shown_frames,
+  });
   setPaused(!!m.paused);
   setRecording(!!m.recording);
 }
 
 function onServerError(m) {
   toast(m.message || 'Something went wrong', 'error');
-  switch (m.request) {
-    case 'create':
-      state.session = null;
-      el.loading.hidden = true;
-      dropSocket();
-      setConn('idle', 'Not connected');
-      setMode('idle');
-      if (/key/i.test(m.message || '')) {
-        el.settings.open = true;
-        el.apiKey.focus();
-      }
-      break;
-    case 'watch':
-      if (state.mode !== 'watching') finish(`Can't watch this stream: ${m.message}`);
-      break;
-    case 'record':
-      recordDone();
-      break;
-    case 'fork':
-      forkDone();
-      break;
-    default:
-      break;
+  if (m.request === 'create') {
+    state.session = null;
+    el.loading.hidden = true;
+    dropSocket();
+    setConn('idle', 'Not connected');
+    setMode('idle');
+    if (/key/i.test(m.message || '')) {
+      el.settings.open = true;
+      el.apiKey.focus();
+    }
+  } else if (m.request === 'watch' && state.awaitingWatch) {
+    finish(`Can't watch this stream: ${m.message}`);
+  } else if (m.request === 'record') {
+    recordDone();
+  } else if (m.request === 'fork') {
+    forkDone();
   }
 }
 
-// ---------------------------------------------------------------- media
+// ---- media
 
 function closePlayer() {
-  if (state.player) state.player.close();
+  if (state.player) {
+    state.drawnBefore += state.player.framesDrawn;
+    state.player.close();
+  }
   state.player = null;
-  el.video.hidden = true;
+  el.mse.hidden = true;
 }
 
 function startPlayer(m) {
   closePlayer();
   state.latencies = [];
+  el.sCodec.title = m.codec_string;
   const opts = { onShown: onFrameShown, onFatal: (reason) => playerFailed(reason, m) };
   if (m.codec === 'fmp4') {
-    el.video.hidden = false;
-    state.player = new MsePlayer(el.video, el.canvas, m.codec_string, opts);
+    el.mse.hidden = false;
+    state.player = new MsePlayer(el.mse, el.video, m.codec_string, opts);
     stats.mode = 'mse';
-    el.s.codec.textContent = `MSE · ${m.codec_string}`;
+    el.sCodec.textContent = 'MSE (fMP4)';
   } else {
-    const p = new WebCodecsPlayer(el.canvas, opts);
+    const p = new WebCodecsPlayer(el.video, opts);
     state.player = p;
     stats.mode = 'webcodecs';
-    el.s.codec.textContent = `WebCodecs · ${m.codec_string}`;
+    el.sCodec.textContent = 'WebCodecs';
     p.configure(m.codec_string);
   }
 }
@@ -526,28 +449,28 @@ function updateStats() {
   if (state.recording) updateRecordingTime();
   if (state.mode !== 'watching') return;
   stats.shownFps = p ? p.shownFps(now) : 0;
-  stats.framesDrawn = p ? p.framesDrawn : stats.framesDrawn;
+  stats.framesDrawn = state.drawnBefore + (p ? p.framesDrawn : 0);
   stats.latencyMs = state.latencies.length ? Math.round(median(state.latencies)) : null;
   const pageSecs = p ? p.queuedSeconds : 0;
   stats.queuedFrames = p instanceof WebCodecsPlayer ? p.queuedFrames : Math.round(pageSecs * state.fps);
   stats.bufferSeconds = stats.bufferedFrames / state.fps + pageSecs;
-  el.s.gen.textContent = `${Number(stats.generatedFps || 0).toFixed(1)} fps`;
-  el.s.shown.textContent = `${stats.shownFps} fps`;
-  el.s.buffer.textContent = `${stats.bufferSeconds.toFixed(2)} s`;
-  el.s.buffer.title = `server ${stats.bufferedFrames} frames + page ${stats.queuedFrames} frames`;
-  el.s.latency.textContent = stats.latencyMs === null ? '–' : `${stats.latencyMs} ms`;
-  el.s.viewers.textContent = String(stats.viewers);
-  el.s.stalls.textContent = String(stats.stalls);
+  el.sGen.textContent = `${Number(stats.generatedFps || 0).toFixed(1)} fps`;
+  el.sShown.textContent = `${stats.shownFps} fps`;
+  el.sBuffer.textContent = `${stats.bufferSeconds.toFixed(2)} s`;
+  el.sBuffer.title = `server ${stats.bufferedFrames} frames + page ${stats.queuedFrames} frames`;
+  el.sLatency.textContent = stats.latencyMs === null ? '–' : `${stats.latencyMs} ms`;
+  el.sViewers.textContent = String(stats.viewers);
+  el.sStalls.textContent = String(stats.stalls);
 }
 
-// ---------------------------------------------------------------- panels
+// ---- panels
 
-function li(cls, ...children) {
-  const n = document.createElement('li');
-  if (cls) n.className = cls;
+const wrap = (tag, cls, ...children) => {
+  const n = node(tag, cls);
   n.append(...children);
   return n;
-}
+};
+const li = (cls, ...children) => wrap('li', cls, ...children);
 
 function node(tag, cls, text, attrs = {}) {
   const n = document.createElement(tag);
@@ -564,12 +487,8 @@ function formatDate(created) {
   return Number.isFinite(ms) ? new Date(ms).toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' }) : '';
 }
 
-function formatAge(secs) {
-  if (!(secs >= 0)) return '';
-  if (secs < 60) return `${Math.round(secs)} s`;
-  if (secs < 3600) return `${Math.round(secs / 60)} min`;
-  return `${(secs / 3600).toFixed(1)} h`;
-}
+const formatAge = (secs) =>
+  !(secs >= 0) ? '' : secs < 60 ? `${Math.round(secs)} s` : secs < 3600 ? `${Math.round(secs / 60)} min` : `${(secs / 3600).toFixed(1)} h`;
 
 async function getJson(url) {
   const r = await fetch(url, { cache: 'no-store' });
@@ -577,70 +496,43 @@ async function getJson(url) {
   return r.json();
 }
 
-/** Lists the live sessions (`GET /api/sessions`). */
-async function refreshSessions(force = false) {
+/** Fills a panel's list from a JSON array endpoint, with `card` rendering one entry. */
+async function refreshList(ul, url, force, empty, card) {
   if (document.hidden && !force) return;
-  let list;
   try {
-    list = await getJson('/api/sessions');
+    const list = await getJson(url);
+    ul.replaceChildren(...(Array.isArray(list) && list.length ? list.map(card) : [li('empty', empty)]));
   } catch {
-    el.sessions.replaceChildren(li('empty', 'Live streams are unavailable right now.'));
-    return;
+    ul.replaceChildren(li('empty', 'Unavailable right now.'));
   }
-  if (!Array.isArray(list) || !list.length) {
-    el.sessions.replaceChildren(li('empty', 'No live streams yet — start one.'));
-    return;
-  }
-  el.sessions.replaceChildren(
-    ...list.map((s) => {
-      const current = s.id === state.session;
-      const meta = node('div', 'card-meta');
-      meta.append(
-        node('span', '', `${s.viewers} watching`),
-        node('span', '', `${s.fps} fps`),
-        node('span', '', s.size),
-        node('span', '', formatAge(s.age_secs)),
-      );
-      if (s.paused) meta.append(node('span', '', 'paused'));
-      if (s.recording) meta.append(node('span', 'tag', '● rec'));
-      const links = node('div', 'card-links');
-      links.append(
-        current
-          ? node('span', '', 'You are watching this')
-          : node('a', '', 'Watch', { href: watchPath(s.id), 'aria-label': `Watch: ${s.prompt}` }),
-      );
-      return li(current ? 'current' : '', node('p', 'card-prompt', s.prompt), meta, links);
-    }),
-  );
+}
+
+/** Lists the live sessions (`GET /api/sessions`). */
+function refreshSessions(force = false) {
+  return refreshList(el.sessions, '/api/sessions', force, 'No live streams yet — start one.', (s) => {
+    const current = s.id === state.session;
+    const meta = node('div', 'card-meta');
+    for (const t of [`${s.viewers} watching`, `${s.fps} fps`, s.size, formatAge(s.age_secs)]) meta.append(node('span', '', t));
+    if (s.paused) meta.append(node('span', '', 'paused'));
+    if (s.recording) meta.append(node('span', 'tag', '● rec'));
+    const link = current
+      ? node('span', '', 'You are watching this')
+      : node('a', '', 'Watch', { href: watchPath(s.id), 'aria-label': `Watch: ${s.prompt}` });
+    return li(current ? 'current' : '', node('p', 'card-prompt', s.prompt), meta, wrap('div', 'card-links', link));
+  });
 }
 
 /** Lists the recordings (`GET /api/recordings`). */
-async function refreshRecordings(force = false) {
-  if (document.hidden && !force) return;
-  let list;
-  try {
-    list = await getJson('/api/recordings');
-  } catch {
-    el.recordings.replaceChildren(li('empty', 'Recordings are unavailable right now.'));
-    return;
-  }
-  if (!Array.isArray(list) || !list.length) {
-    el.recordings.replaceChildren(li('empty', 'No recordings yet. Press Record while you own a stream.'));
-    return;
-  }
-  el.recordings.replaceChildren(
-    ...list.map((r) => {
-      const meta = node('div', 'card-meta');
-      meta.append(node('span', '', `${((r.bytes || 0) / 1048576).toFixed(1)} MB`), node('span', '', formatDate(r.created)));
-      const links = node('div', 'card-links');
-      links.append(node('a', '', 'Download', { href: r.url, download: r.name, 'aria-label': `Download ${r.name}` }));
-      if (r.timeline_url) links.append(node('a', '', 'Timeline JSON', { href: r.timeline_url, target: '_blank', rel: 'noopener' }));
-      return li('', node('p', 'card-prompt', r.prompt || r.name, { title: r.name }), meta, links);
-    }),
-  );
+function refreshRecordings(force = false) {
+  return refreshList(el.recordings, '/api/recordings', force, 'No recordings yet. Press Record while you own a stream.', (r) => {
+    const meta = wrap('div', 'card-meta', node('span', '', `${((r.bytes || 0) / 1048576).toFixed(1)} MB`), node('span', '', formatDate(r.created)));
+    const links = wrap('div', 'card-links', node('a', '', 'Download', { href: r.url, download: r.name, 'aria-label': `Download ${r.name}` }));
+    if (r.timeline_url) links.append(node('a', '', 'Timeline JSON', { href: r.timeline_url, target: '_blank', rel: 'noopener' }));
+    return li('', node('p', 'card-prompt', r.prompt || r.name, { title: r.name }), meta, links);
+  });
 }
 
-// ---------------------------------------------------------------- actions
+// ---- actions
 
 function startStream() {
   const prompt = el.prompt.value.trim();
@@ -649,9 +541,6 @@ function startStream() {
     return;
   }
   const apiKey = el.apiKey.value.trim();
-  store('size', el.size.value);
-  store('fps', el.fps.value);
-  store('apiKey', apiKey);
   state.session = null;
   state.token = null;
   state.firstFrame = false;
@@ -673,7 +562,7 @@ function steer() {
 }
 
 function wire() {
-  el.form.addEventListener('submit', (e) => {
+  el.promptForm.addEventListener('submit', (e) => {
     e.preventDefault();
     if (state.mode === 'watching' && state.owner) steer();
     else if (state.mode === 'idle' || state.mode === 'ended') startStream();
@@ -708,10 +597,6 @@ function wire() {
 }
 
 function init() {
-  for (const [key, input] of [['size', el.size], ['fps', el.fps], ['apiKey', el.apiKey]]) {
-    const v = load(key);
-    if (v && (input.tagName !== 'SELECT' || [...input.options].some((o) => o.value === v))) input.value = v;
-  }
   wire();
   const watch = params.get('watch');
   if (watch) {

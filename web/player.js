@@ -155,11 +155,7 @@ export class FrameScheduler {
   drop(q) {
     this.dropped++;
     this.onDropped(q.pts);
-    try {
-      q.frame.close();
-    } catch {
-      /* already closed */
-    }
+    try { q.frame.close(); } catch { /* already closed */ }
   }
 
   /**
@@ -224,12 +220,9 @@ export class WebCodecsPlayer {
    */
   async configure(codecString) {
     this.config = { codec: codecString, optimizeForLatency: true, hardwareAcceleration: 'no-preference' };
-    let ok = false;
-    try {
-      ok = !!(await VideoDecoder.isConfigSupported(this.config)).supported;
-    } catch {
-      ok = false;
-    }
+    const ok = await Promise.resolve()
+      .then(() => VideoDecoder.isConfigSupported(this.config))
+      .then((r) => !!r.supported, () => false);
     if (this.closed) return ok;
     if (!ok) {
       this.onFatal('unsupported');
@@ -237,17 +230,12 @@ export class WebCodecsPlayer {
     }
     this.makeDecoder();
     this.scheduler.start();
-    const pending = this.pending;
-    this.pending = [];
-    for (const m of pending) this.decode(m);
+    for (const m of this.pending.splice(0)) this.decode(m);
     return true;
   }
 
   makeDecoder() {
-    this.decoder = new VideoDecoder({
-      output: (frame) => this.onOutput(frame),
-      error: (e) => this.onError(e),
-    });
+    this.decoder = new VideoDecoder({ output: (f) => this.onOutput(f), error: () => this.onError() });
     this.decoder.configure(this.config);
     this.needKey = true;
   }
@@ -279,8 +267,8 @@ export class WebCodecsPlayer {
       this.decoder.decode(
         new EncodedVideoChunk({ type: m.keyframe ? 'key' : 'delta', timestamp: m.ptsUs, data: m.payload }),
       );
-    } catch (e) {
-      this.onError(e);
+    } catch {
+      this.onError();
     }
   }
 
@@ -299,11 +287,7 @@ export class WebCodecsPlayer {
     if (this.closed) return;
     this.resets++;
     this.errorsSinceOutput++;
-    try {
-      this.decoder?.close();
-    } catch {
-      /* closed by the error already */
-    }
+    try { this.decoder?.close(); } catch { /* closed by the error already */ }
     this.decoder = null;
     if (this.errorsSinceOutput >= 3) {
       this.onFatal('decode');
@@ -340,11 +324,7 @@ export class WebCodecsPlayer {
   close() {
     this.closed = true;
     this.pending = [];
-    try {
-      if (this.decoder && this.decoder.state !== 'closed') this.decoder.close();
-    } catch {
-      /* already closed */
-    }
+    try { if (this.decoder && this.decoder.state !== 'closed') this.decoder.close(); } catch { /* already closed */ }
     this.decoder = null;
     this.scheduler.stop();
     this.pushByPts.clear();
@@ -388,7 +368,6 @@ export class MsePlayer {
     /** seeks to skip a gap or catch up with the live edge */
     this.skips = 0;
     this.framesDrawn = 0;
-    this.lastPresented = -1;
     this.meter = new RateMeter();
     const MS = window.MediaSource || window.ManagedMediaSource;
     if (!MS || !MS.isTypeSupported(this.mime)) {
@@ -400,25 +379,20 @@ export class MsePlayer {
     video.disableRemotePlayback = true;
     video.muted = true;
     video.src = this.url;
-    this.ms.addEventListener(
-      'sourceopen',
-      () => {
-        if (this.closed) return;
-        try {
-          this.sb = this.ms.addSourceBuffer(this.mime);
-          this.sb.mode = 'segments';
-        } catch {
-          this.onFatal('unsupported');
-          return;
-        }
-        this.sb.addEventListener('updateend', () => {
-          this.keepLive();
-          this.pump();
-        });
+    this.ms.addEventListener('sourceopen', () => {
+      if (this.closed) return;
+      try {
+        this.sb = this.ms.addSourceBuffer(this.mime);
+        this.sb.mode = 'segments';
+      } catch {
+        return this.onFatal('unsupported');
+      }
+      this.sb.addEventListener('updateend', () => {
+        this.keepLive();
         this.pump();
-      },
-      { once: true },
-    );
+      });
+      this.pump();
+    }, { once: true });
     this.timer = setInterval(() => this.keepLive(), 250);
     this.startDrawing();
   }
@@ -523,13 +497,11 @@ export class MsePlayer {
       };
       this.vfc = v.requestVideoFrameCallback(cb);
     } else {
+      // No requestVideoFrameCallback: draw whenever the playhead moved.
+      let last = -1;
       const loop = () => {
         if (this.closed) return;
-        const q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : -1;
-        if (!v.paused && v.readyState >= 2 && (q < 0 ? v.currentTime !== this.lastPresented : q !== this.lastPresented)) {
-          this.lastPresented = q < 0 ? v.currentTime : q;
-          draw(performance.now(), v.currentTime);
-        }
+        if (v.readyState >= 2 && v.currentTime !== last) draw(performance.now(), (last = v.currentTime));
         this.raf = requestAnimationFrame(loop);
       };
       this.raf = requestAnimationFrame(loop);
@@ -563,11 +535,7 @@ export class MsePlayer {
     cancelAnimationFrame(this.raf);
     if (this.vfc && this.video.cancelVideoFrameCallback) this.video.cancelVideoFrameCallback(this.vfc);
     this.queue = [];
-    try {
-      if (this.ms && this.ms.readyState === 'open') this.ms.endOfStream();
-    } catch {
-      /* closing anyway */
-    }
+    try { if (this.ms && this.ms.readyState === 'open') this.ms.endOfStream(); } catch { /* closing anyway */ }
     this.video.pause();
     this.video.removeAttribute('src');
     this.video.load();

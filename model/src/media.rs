@@ -24,6 +24,23 @@ impl Size {
     pub fn rgb_bytes(&self) -> usize {
         self.width * self.height * 3
     }
+
+    /// Bytes of a row of RGB8 as GStreamer lays it out: padded to a multiple of 4.
+    pub fn gst_rgb_stride(&self) -> usize {
+        (self.width * 3 + 3) & !3
+    }
+}
+
+/// Copies a tightly packed RGB8 frame into a buffer with rows of `stride` bytes.
+pub fn copy_rgb_rows(dst: &mut [u8], stride: usize, src: &[u8], size: Size) {
+    let row = size.width * 3;
+    if stride == row {
+        dst[..src.len()].copy_from_slice(src);
+        return;
+    }
+    for (d, s) in dst.chunks_mut(stride).zip(src.chunks_exact(row)) {
+        d[..row].copy_from_slice(s);
+    }
 }
 
 /// Why a size was refused.
@@ -158,8 +175,7 @@ pub fn write_mp4(
         src.set_max_bytes((size.rgb_bytes() * 8) as u64);
         src.set_block(true);
         pipeline.set_state(gst::State::Playing).map_err(|e| err(&e))?;
-        // GStreamer rows of RGB are padded to a multiple of 4 bytes.
-        let stride = (size.width * 3 + 3) & !3;
+        let stride = size.gst_rgb_stride();
         let mut count = 0usize;
         for frame in frames {
             let mut buffer = gst::Buffer::with_size(stride * size.height).map_err(|e| err(&e))?;
@@ -168,10 +184,7 @@ pub fn write_mp4(
                 b.set_pts(gst::ClockTime::from_nseconds((count as f64 * 1e9 / fps) as u64));
                 b.set_duration(gst::ClockTime::from_nseconds((1e9 / fps) as u64));
                 let mut map = b.map_writable().map_err(|e| err(&e))?;
-                for y in 0..size.height {
-                    map[y * stride..y * stride + size.width * 3]
-                        .copy_from_slice(&frame[y * size.width * 3..(y + 1) * size.width * 3]);
-                }
+                copy_rgb_rows(&mut map, stride, &frame, size);
             }
             src.push_buffer(buffer).map_err(|e| err(&e))?;
             count += 1;
@@ -215,6 +228,15 @@ mod tests {
         assert!(matches!("256".parse::<Size>(), Err(SizeError::Format(_))));
         assert!(matches!("8x8".parse::<Size>(), Err(SizeError::Range(8, 8))));
         assert!(matches!("255x144".parse::<Size>(), Err(SizeError::Odd(255, 144))));
+    }
+
+    #[test]
+    fn rows_are_padded_for_gstreamer() {
+        let size = Size::new(2, 2); // 6-byte rows, padded to 8
+        assert_eq!(size.gst_rgb_stride(), 8);
+        let mut dst = vec![0u8; 16];
+        copy_rgb_rows(&mut dst, 8, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], size);
+        assert_eq!(dst, [1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 11, 12, 0, 0]);
     }
 
     #[test]

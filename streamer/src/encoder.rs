@@ -10,7 +10,7 @@
 use crate::config::{Encoder as EncoderSettings, SpeedPreset};
 use crate::protocol::{Track, now_us};
 use bytes::{Bytes, BytesMut};
-use endless_model::media::Size;
+use endless_model::media::{Size, copy_rgb_rows};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -277,21 +277,14 @@ impl Encoder {
     /// Encodes one RGB8 frame at `pts_ns` lasting `duration_ns`.
     pub fn push(&self, rgb: &[u8], pts_ns: u64, duration_ns: u64) -> Result<(), EncoderError> {
         let size = self.size;
-        let stride = (size.width * 3 + 3) & !3; // GStreamer pads RGB rows to 4 bytes
+        let stride = size.gst_rgb_stride();
         let mut buffer = gst::Buffer::with_size(stride * size.height).map_err(gst_err)?;
         {
             let b = buffer.get_mut().expect("a new buffer has one owner");
             b.set_pts(gst::ClockTime::from_nseconds(pts_ns));
             b.set_duration(gst::ClockTime::from_nseconds(duration_ns));
             let mut map = b.map_writable().map_err(gst_err)?;
-            if stride == size.width * 3 {
-                map.copy_from_slice(rgb);
-            } else {
-                for y in 0..size.height {
-                    map[y * stride..y * stride + size.width * 3]
-                        .copy_from_slice(&rgb[y * size.width * 3..(y + 1) * size.width * 3]);
-                }
-            }
+            copy_rgb_rows(&mut map, stride, rgb, size);
         }
         self.src.push_buffer(buffer).map_err(gst_err)?;
         Ok(())

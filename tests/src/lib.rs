@@ -45,10 +45,18 @@ pub fn decode_file(path: &std::path::Path) -> Vec<DecodedFrame> {
         .and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok())
         .expect("the pipeline has an appsink named sink");
     pipeline.set_state(gst::State::Playing).expect("the decode pipeline starts");
+    let frames = pull_frames(&sink);
+    let _ = pipeline.set_state(gst::State::Null);
+    frames
+}
+
+/// Every decoded RGB frame an appsink gives until end of stream.
+fn pull_frames(sink: &gstreamer_app::AppSink) -> Vec<DecodedFrame> {
+    use gstreamer::prelude::*;
     let mut frames = Vec::new();
     while let Ok(sample) = sink.pull_sample() {
-        let caps = sample.caps().expect("decoded samples have caps");
-        let info = gstreamer_video::VideoInfo::from_caps(caps).expect("raw video caps");
+        let info = gstreamer_video::VideoInfo::from_caps(sample.caps().expect("decoded samples have caps"))
+            .expect("raw video caps");
         let buffer = sample.buffer().expect("a sample has a buffer");
         let map = buffer.map_readable().expect("a decoded buffer is readable");
         let (w, h, stride) = (info.width() as usize, info.height() as usize, info.stride()[0] as usize);
@@ -58,7 +66,6 @@ pub fn decode_file(path: &std::path::Path) -> Vec<DecodedFrame> {
         }
         frames.push(DecodedFrame { pts: buffer.pts().map_or(u64::MAX, |t| t.nseconds()), width: w, height: h, rgb });
     }
-    let _ = pipeline.set_state(gst::State::Null);
     frames
 }
 
@@ -191,18 +198,7 @@ pub fn decode_h264(access_units: &[Vec<u8>], fps: u32) -> Vec<DecodedFrame> {
         src.push_buffer(b).expect("the decoder takes the access unit");
     }
     src.end_of_stream().expect("EOS");
-    let mut frames = Vec::new();
-    while let Ok(sample) = sink.pull_sample() {
-        let info = gstreamer_video::VideoInfo::from_caps(sample.caps().expect("caps")).expect("raw caps");
-        let buffer = sample.buffer().expect("a buffer");
-        let map = buffer.map_readable().expect("readable");
-        let (w, h, stride) = (info.width() as usize, info.height() as usize, info.stride()[0] as usize);
-        let mut rgb = Vec::with_capacity(w * h * 3);
-        for y in 0..h {
-            rgb.extend_from_slice(&map[y * stride..y * stride + w * 3]);
-        }
-        frames.push(DecodedFrame { pts: buffer.pts().map_or(0, |t| t.nseconds()), width: w, height: h, rgb });
-    }
+    let frames = pull_frames(&sink);
     let _ = pipeline.set_state(gst::State::Null);
     frames
 }
