@@ -4,6 +4,7 @@
 //! MP4 writing is behind the `gst` feature.
 
 pub mod data;
+pub mod diffusion;
 pub mod media;
 pub mod text;
 pub mod world;

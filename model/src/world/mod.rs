@@ -14,5 +14,6 @@ mod timeline;
 pub use attributes::{Attributes, Blend, Camera, PAN_SPEED, PartialAttributes, Scenery, TimeOfDay, Weather};
 pub use caption::{HELD_OUT_COMBINATIONS, Phrasing, Split, is_held_out_combination, parse, split_of};
 pub use clip::{Clip, ClipOptions, ClipSampler};
+pub use noise::hash as noise_hash;
 pub use render::World;
 pub use timeline::{Key, SceneState, Timeline, progress};
