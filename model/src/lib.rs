@@ -5,6 +5,8 @@
 
 pub mod data;
 pub mod diffusion;
+pub mod dit;
 pub mod media;
 pub mod text;
+pub mod vae;
 pub mod world;

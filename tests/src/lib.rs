@@ -52,7 +52,6 @@ pub fn decode_file(path: &std::path::Path) -> Vec<DecodedFrame> {
 
 /// Every decoded RGB frame an appsink gives until end of stream.
 fn pull_frames(sink: &gstreamer_app::AppSink) -> Vec<DecodedFrame> {
-    use gstreamer::prelude::*;
     let mut frames = Vec::new();
     while let Ok(sample) = sink.pull_sample() {
         let info = gstreamer_video::VideoInfo::from_caps(sample.caps().expect("decoded samples have caps"))

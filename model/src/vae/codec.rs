@@ -1,0 +1,191 @@
+//! The encoder and the decoder. Both are causal in time: an output frame depends only on input
+//! frames at or before it.
+
+use burn::module::Module;
+use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+
+use super::VaeConfig;
+use super::layers::{
+    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, Upsample, UpsampleConfig, frame_norm,
+};
+
+impl VaeConfig {
+    fn res_block<B: Backend>(&self, c_in: usize, c_out: usize, device: &B::Device) -> ResBlock<B> {
+        ResBlockConfig { channels: [c_in, c_out], norm_groups: self.norm_groups, temporal_kernel: self.temporal_kernel }
+            .init(device)
+    }
+
+    /// Residual blocks of one resolution level, from `c_in` to `c_out` channels.
+    fn level_blocks<B: Backend>(&self, c_in: usize, c_out: usize, device: &B::Device) -> Vec<ResBlock<B>> {
+        (0..self.blocks_per_level).map(|i| self.res_block(if i == 0 { c_in } else { c_out }, c_out, device)).collect()
+    }
+
+    fn conv<B: Backend>(&self, c_in: usize, c_out: usize, device: &B::Device) -> CausalConv<B> {
+        CausalConvConfig::new([c_in, c_out]).with_temporal_kernel(self.temporal_kernel).init(device)
+    }
+
+    /// Whether the step from level `i` to level `i + 1` also halves time: the last
+    /// `temporal_downsamples` steps do, where the activations are smallest.
+    fn halves_time(&self, i: usize) -> bool {
+        i + 1 + self.temporal_downsamples >= self.channels.len()
+    }
+
+    pub(super) fn init_encoder<B: Backend>(&self, device: &B::Device) -> Encoder<B> {
+        let c = &self.channels;
+        let last = c[c.len() - 1];
+        let levels = (0..c.len())
+            .map(|i| EncoderLevel {
+                blocks: self.level_blocks(if i == 0 { c[0] } else { c[i - 1] }, c[i], device),
+                down: (i + 1 < c.len()).then(|| {
+                    CausalConvConfig::new([c[i], c[i]])
+                        .with_temporal_kernel(self.temporal_kernel)
+                        .with_stride(2)
+                        .with_temporal_stride(if self.halves_time(i) { 2 } else { 1 })
+                        .init(device)
+                }),
+            })
+            .collect();
+        Encoder {
+            conv_in: self.conv(self.image_channels, c[0], device),
+            levels,
+            mid: self.res_block(last, last, device),
+            norm_out: GroupNormConfig::new(self.norm_groups, last).init(device),
+            conv_out: self.conv(last, 2 * self.latent_channels, device),
+        }
+    }
+
+    pub(super) fn init_decoder<B: Backend>(&self, device: &B::Device) -> Decoder<B> {
+        let c = &self.channels;
+        let last = c[c.len() - 1];
+        let levels = (0..c.len())
+            .rev()
+            .map(|i| DecoderLevel {
+                blocks: self.level_blocks(c[i], c[i], device),
+                up: (i > 0).then(|| {
+                    UpsampleConfig {
+                        channels: [c[i], c[i - 1]],
+                        temporal: self.halves_time(i - 1),
+                        temporal_kernel: self.temporal_kernel,
+                    }
+                    .init(device)
+                }),
+            })
+            .collect();
+        Decoder {
+            conv_in: self.conv(self.latent_channels, last, device),
+            mid: self.res_block(last, last, device),
+            levels,
+            norm_out: GroupNormConfig::new(self.norm_groups, c[0]).init(device),
+            conv_out: self.conv(c[0], self.image_channels, device),
+        }
+    }
+}
+
+/// One resolution level of the encoder: residual blocks, then a strided causal conv to the next.
+#[derive(Module, Debug)]
+pub struct EncoderLevel<B: Backend> {
+    pub blocks: Vec<ResBlock<B>>,
+    /// Halves height and width (and time, on the last levels); absent on the last level.
+    pub down: Option<CausalConv<B>>,
+}
+
+/// Video to the moments of the latent Gaussian, concatenated along channels.
+#[derive(Module, Debug)]
+pub struct Encoder<B: Backend> {
+    pub conv_in: CausalConv<B>,
+    pub levels: Vec<EncoderLevel<B>>,
+    pub mid: ResBlock<B>,
+    pub norm_out: GroupNorm<B>,
+    pub conv_out: CausalConv<B>,
+}
+
+impl<B: Backend> Encoder<B> {
+    /// # Shapes
+    /// - `x`: `[b, t, c_image, h, w]`, `t = 1 + 4k` with the default factors
+    /// - returns: `[b, 1 + k, 2·c_latent, h / 8, w / 8]` (mean, then log-variance)
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let mut x = self.conv_in.forward(x);
+        for level in &self.levels {
+            for block in &level.blocks {
+                x = block.forward(x);
+            }
+            if let Some(down) = &level.down {
+                x = down.forward(x);
+            }
+        }
+        let x = self.mid.forward(x);
+        self.conv_out.forward(silu(frame_norm(&self.norm_out, x)))
+    }
+
+    /// FLOPs of the convolutions for one video of `input`, and the latent's extent.
+    pub fn flops(&self, input: Extent) -> (f64, Extent) {
+        let (mut flops, mut e) = self.conv_in.flops(input);
+        for level in &self.levels {
+            flops += level.blocks.iter().map(|b| b.flops(e)).sum::<f64>();
+            if let Some(down) = &level.down {
+                let (f, next) = down.flops(e);
+                flops += f;
+                e = next;
+            }
+        }
+        flops += self.mid.flops(e);
+        let (f, e) = self.conv_out.flops(e);
+        (flops + f, e)
+    }
+}
+
+/// One resolution level of the decoder: residual blocks, then up-sampling to the next.
+#[derive(Module, Debug)]
+pub struct DecoderLevel<B: Backend> {
+    pub blocks: Vec<ResBlock<B>>,
+    /// Doubles height and width (and time, on the first levels) and narrows to the next level's
+    /// width; absent on the last level.
+    pub up: Option<Upsample<B>>,
+}
+
+/// Latent sample to video.
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    pub conv_in: CausalConv<B>,
+    pub mid: ResBlock<B>,
+    pub levels: Vec<DecoderLevel<B>>,
+    pub norm_out: GroupNorm<B>,
+    pub conv_out: CausalConv<B>,
+}
+
+impl<B: Backend> Decoder<B> {
+    /// # Shapes
+    /// - `z`: `[b, t', c_latent, h', w']`
+    /// - returns: `[b, 1 + 4(t' − 1), c_image, 8h', 8w']` with the default factors
+    pub fn forward(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
+        let mut x = self.mid.forward(self.conv_in.forward(z));
+        for level in &self.levels {
+            for block in &level.blocks {
+                x = block.forward(x);
+            }
+            if let Some(up) = &level.up {
+                x = up.forward(x);
+            }
+        }
+        self.conv_out.forward(silu(frame_norm(&self.norm_out, x)))
+    }
+
+    /// FLOPs of the convolutions for one latent of extent `input`, and the video's extent.
+    pub fn flops(&self, input: Extent) -> (f64, Extent) {
+        let (mut flops, mut e) = self.conv_in.flops(input);
+        flops += self.mid.flops(e);
+        for level in &self.levels {
+            flops += level.blocks.iter().map(|b| b.flops(e)).sum::<f64>();
+            if let Some(up) = &level.up {
+                let (f, next) = up.flops(e);
+                flops += f;
+                e = next;
+            }
+        }
+        let (f, e) = self.conv_out.flops(e);
+        (flops + f, e)
+    }
+}

@@ -1,0 +1,253 @@
+//! The building blocks of the VAE: the factorised causal convolution, the residual block and the
+//! up-sampling step. Activations are frame-major, `[b, t, c, h, w]`, so that the per-frame work
+//! (spatial convolutions, normalisation) is a reshape to `[b*t, c, h, w]` away.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Int, Tensor};
+
+/// The extent of a video inside the network, per batch element: frames and pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub t: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Extent {
+    fn positions(self) -> f64 {
+        (self.t * self.h * self.w) as f64
+    }
+}
+
+/// Multiply-adds ×2 of a convolution with the weight `[c_out, c_in, kh, kw]` at `positions`
+/// output positions.
+fn conv_flops<B: Backend>(conv: &Conv2d<B>, positions: f64) -> f64 {
+    let [c_out, c_in, kh, kw] = conv.weight.dims();
+    2.0 * (c_out * c_in * kh * kw) as f64 * positions
+}
+
+/// A (2+1)-D causal convolution: a `k×k` spatial convolution on every frame, then a temporal
+/// convolution of `k_t` frames that sees only the present and the past (the first frame is
+/// replicated `k_t − 1` times in front; nothing is padded after).
+#[derive(Config, Debug)]
+pub struct CausalConvConfig {
+    /// Input and output channels.
+    pub channels: [usize; 2],
+    /// Spatial kernel size (odd; padded to keep the size at stride 1).
+    #[config(default = 3)]
+    pub kernel: usize,
+    /// Temporal kernel size; 1 leaves out the temporal convolution.
+    #[config(default = 3)]
+    pub temporal_kernel: usize,
+    /// Spatial stride: 2 halves the height and width (which must be even).
+    #[config(default = 1)]
+    pub stride: usize,
+    /// Temporal stride: 2 takes `1 + 2m` frames to `1 + m`, the first frame alone.
+    #[config(default = 1)]
+    pub temporal_stride: usize,
+}
+
+impl CausalConvConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> CausalConv<B> {
+        let [c_in, c_out] = self.channels;
+        let pad = self.kernel / 2;
+        let spatial = Conv2dConfig::new([c_in, c_out], [self.kernel, self.kernel])
+            .with_stride([self.stride, self.stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .init(device);
+        let temporal = (self.temporal_kernel > 1 || self.temporal_stride > 1)
+            .then(|| Conv2dConfig::new([self.temporal_kernel * c_out, c_out], [1, 1]).init(device));
+        CausalConv { spatial, temporal, temporal_kernel: self.temporal_kernel, temporal_stride: self.temporal_stride }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct CausalConv<B: Backend> {
+    /// Weight `[c_out, c_in, k, k]`, applied to every frame.
+    pub spatial: Conv2d<B>,
+    /// Weight `[c_out, k_t·c_out, 1, 1]`, a 1×1 conv over the `k_t` frames a temporal output
+    /// sees stacked along channels (oldest first).
+    pub temporal: Option<Conv2d<B>>,
+    #[module(skip)]
+    pub temporal_kernel: usize,
+    #[module(skip)]
+    pub temporal_stride: usize,
+}
+
+impl<B: Backend> CausalConv<B> {
+    /// Output frame `i` depends only on input frames `≤ i·temporal_stride`.
+    ///
+    /// # Shapes
+    /// - `x`: `[b, t, c_in, h, w]`
+    /// - returns: `[b, t', c_out, h / stride, w / stride]`, `t' = (t − 1) / temporal_stride + 1`
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [b, t, c, h, w] = x.dims();
+        let y = self.spatial.forward(x.reshape([b * t, c, h, w])); // [b*t, c', h', w']
+        let [_, c, h, w] = y.dims();
+        let Some(temporal) = &self.temporal else {
+            return y.reshape([b, t, c, h, w]);
+        };
+        let (k, s) = (self.temporal_kernel, self.temporal_stride);
+        let t_out = (t - 1) / s + 1;
+        // [b, t + k - 1, c', h', w']: k - 1 copies of the first frame in front.
+        let y = y.reshape([b, t, c, h, w]).pad([(k - 1, 0), (0, 0), (0, 0), (0, 0)], PadMode::Edge);
+        // Output frame j sees padded frames j·s .. j·s + k: gather each shift, stack along channels.
+        let shifts = (0..k)
+            .map(|i| {
+                let frames = (i + s * (t_out - 1) + 1) as i64;
+                let index = Tensor::<B, 1, Int>::arange_step(i as i64..frames, s, &y.device());
+                y.clone().select(1, index) // [b, t', c', h', w']
+            })
+            .collect();
+        let y = Tensor::cat(shifts, 2).reshape([b * t_out, k * c, h, w]); // [b*t', k*c', h', w']
+        temporal.forward(y).reshape([b, t_out, c, h, w])
+    }
+
+    /// FLOPs (2 × multiply-adds) for one video of `input`, and the output's extent.
+    pub fn flops(&self, input: Extent) -> (f64, Extent) {
+        let stride = self.spatial.stride[0];
+        let mid = Extent { t: input.t, h: input.h / stride, w: input.w / stride };
+        let mut flops = conv_flops(&self.spatial, mid.positions());
+        let mut out = mid;
+        if let Some(temporal) = &self.temporal {
+            out.t = (input.t - 1) / self.temporal_stride + 1;
+            flops += conv_flops(temporal, out.positions());
+        }
+        (flops, out)
+    }
+}
+
+/// Group normalisation of every frame on its own: statistics over time would let later frames
+/// change earlier ones and break causality.
+///
+/// # Shapes
+/// - `x`: `[b, t, c, h, w]`
+/// - returns: `[b, t, c, h, w]`
+pub fn frame_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
+    let [b, t, c, h, w] = x.dims();
+    norm.forward(x.reshape([b * t, c, h, w])).reshape([b, t, c, h, w]) // [b*t, c, h, w] → back
+}
+
+/// A residual block: two (norm, SiLU, causal conv) steps, and a 1×1 projection on the skip path
+/// when the width changes.
+#[derive(Config, Debug)]
+pub struct ResBlockConfig {
+    /// Input and output channels; both divisible by `norm_groups`.
+    pub channels: [usize; 2],
+    /// Groups of the group normalisations.
+    pub norm_groups: usize,
+    /// Temporal kernel of the causal convolutions.
+    pub temporal_kernel: usize,
+}
+
+impl ResBlockConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ResBlock<B> {
+        let [c_in, c_out] = self.channels;
+        let conv = |c_in| CausalConvConfig::new([c_in, c_out]).with_temporal_kernel(self.temporal_kernel).init(device);
+        ResBlock {
+            norm1: GroupNormConfig::new(self.norm_groups, c_in).init(device),
+            conv1: conv(c_in),
+            norm2: GroupNormConfig::new(self.norm_groups, c_out).init(device),
+            conv2: conv(c_out),
+            skip: (c_in != c_out).then(|| Conv2dConfig::new([c_in, c_out], [1, 1]).init(device)),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResBlock<B: Backend> {
+    pub norm1: GroupNorm<B>,
+    pub conv1: CausalConv<B>,
+    pub norm2: GroupNorm<B>,
+    pub conv2: CausalConv<B>,
+    /// 1×1 projection, when the input and output widths differ.
+    pub skip: Option<Conv2d<B>>,
+}
+
+impl<B: Backend> ResBlock<B> {
+    /// # Shapes
+    /// - `x`: `[b, t, c_in, h, w]`
+    /// - returns: `[b, t, c_out, h, w]`
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let y = self.conv1.forward(silu(frame_norm(&self.norm1, x.clone())));
+        let y = self.conv2.forward(silu(frame_norm(&self.norm2, y)));
+        let skip = match &self.skip {
+            Some(skip) => {
+                let [b, t, c, h, w] = x.dims();
+                let x = skip.forward(x.reshape([b * t, c, h, w])); // [b*t, c_out, h, w]
+                let c_out = x.dims()[1];
+                x.reshape([b, t, c_out, h, w])
+            }
+            None => x,
+        };
+        skip + y
+    }
+
+    /// FLOPs for one video of `input` (the extent is unchanged).
+    pub fn flops(&self, input: Extent) -> f64 {
+        let skip = self.skip.as_ref().map_or(0.0, |skip| conv_flops(skip, input.positions()));
+        self.conv1.flops(input).0 + self.conv2.flops(input).0 + skip
+    }
+}
+
+/// Nearest-neighbour up-sampling by 2 in space and, optionally, causally in time (the first frame
+/// stays one frame, every later frame becomes two: `1 + m` → `1 + 2m`), then a causal conv to
+/// the next level's width (narrowing here rather than after saves work at the larger size).
+#[derive(Config, Debug)]
+pub struct UpsampleConfig {
+    /// Input and output channels.
+    pub channels: [usize; 2],
+    /// Whether time is up-sampled too.
+    pub temporal: bool,
+    /// Temporal kernel of the convolution.
+    pub temporal_kernel: usize,
+}
+
+impl UpsampleConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Upsample<B> {
+        Upsample {
+            conv: CausalConvConfig::new(self.channels).with_temporal_kernel(self.temporal_kernel).init(device),
+            temporal: self.temporal,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Upsample<B: Backend> {
+    pub conv: CausalConv<B>,
+    #[module(skip)]
+    pub temporal: bool,
+}
+
+impl<B: Backend> Upsample<B> {
+    /// Output frame `i` depends only on input frames `≤ ⌈i / 2⌉` (temporal) or `≤ i`.
+    ///
+    /// # Shapes
+    /// - `x`: `[b, t, c_in, h, w]`
+    /// - returns: `[b, t', c_out, 2h, 2w]`, `t' = 2t − 1` when temporal, else `t`
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [b, t, c, h, w] = x.dims();
+        let x = x.reshape([b * t * c, h, 1, w, 1]).repeat_dim(2, 2).repeat_dim(4, 2); // [b*t*c, h, 2, w, 2]
+        let x = x.reshape([b, t, c, 2 * h, 2 * w]);
+        let x = if self.temporal {
+            let x = x.reshape([b, t, 1, c * 4 * h * w]).repeat_dim(2, 2); // [b, t, 2, c*2h*2w]
+            // [x0, x0, x1, x1, …] without its first frame: [x0, x1, x1, x2, x2, …]
+            x.reshape([b, 2 * t, c, 2 * h, 2 * w]).narrow(1, 1, 2 * t - 1)
+        } else {
+            x
+        };
+        self.conv.forward(x)
+    }
+
+    /// FLOPs for one video of `input`, and the output's extent.
+    pub fn flops(&self, input: Extent) -> (f64, Extent) {
+        let t = if self.temporal { 2 * input.t - 1 } else { input.t };
+        self.conv.flops(Extent { t, h: 2 * input.h, w: 2 * input.w })
+    }
+}

@@ -1,0 +1,130 @@
+use burn::backend::{Autodiff, Flex};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::{Distribution, Tensor};
+
+use super::{ReconLoss, VaeConfig};
+use crate::data::video_tensor;
+use crate::world::{ClipOptions, ClipSampler, Split};
+
+type B = Flex;
+
+/// Narrow widths so that the tests run in seconds; the structure is the default one.
+fn test_config() -> VaeConfig {
+    VaeConfig::new().with_channels(vec![8, 8, 16, 16]).with_latent_channels(4).with_norm_groups(4)
+}
+
+fn random_video(b: usize, t: usize, h: usize, w: usize) -> Tensor<B, 5> {
+    Tensor::random([b, 3, t, h, w], Distribution::Uniform(-1.0, 1.0), &Default::default())
+}
+
+/// Largest absolute difference of two tensors over the frames `range` of dimension 2.
+fn max_diff(a: &Tensor<B, 5>, b: &Tensor<B, 5>, range: std::ops::Range<usize>) -> f32 {
+    let (a, b) = (a.clone().slice_dim(2, range.clone()), b.clone().slice_dim(2, range));
+    (a - b).abs().max().into_scalar()
+}
+
+#[test]
+fn vae_shapes_of_videos_and_images() {
+    let vae = test_config().init::<B>(&Default::default());
+    let (mean, logvar) = vae.encode(random_video(2, 17, 64, 64));
+    assert_eq!(mean.dims(), [2, 4, 5, 8, 8]);
+    assert_eq!(logvar.dims(), [2, 4, 5, 8, 8]);
+    assert_eq!(vae.decode(mean).dims(), [2, 3, 17, 64, 64]);
+
+    let (mean, _) = vae.encode(random_video(1, 1, 64, 64));
+    assert_eq!(mean.dims(), [1, 4, 1, 8, 8]);
+    assert_eq!(vae.decode(mean).dims(), [1, 3, 1, 64, 64]);
+
+    let out = vae.forward(random_video(1, 5, 32, 32));
+    assert_eq!(out.reconstruction.dims(), [1, 3, 5, 32, 32]);
+    assert_eq!(out.kl.dims(), [1]);
+}
+
+#[test]
+fn vae_encoder_is_causal() {
+    let vae = test_config().init::<B>(&Default::default());
+    let a = random_video(1, 17, 32, 32);
+    let later = random_video(1, 8, 32, 32);
+    let b = Tensor::cat(vec![a.clone().slice_dim(2, 0..9), later], 2);
+    let (mean_a, logvar_a) = vae.encode(a.clone());
+    let (mean_b, logvar_b) = vae.encode(b);
+    // Frames 9.. change: latent j sees frames ≤ 4j, so latents 0..=2 must not move.
+    assert!(max_diff(&mean_a, &mean_b, 0..3) <= 1e-6);
+    assert!(max_diff(&logvar_a, &logvar_b, 0..3) <= 1e-6);
+    assert!(max_diff(&mean_a, &mean_b, 3..5) > 1e-4, "later latents do see the change");
+
+    // The first frame is encoded alone: an image gives the video's first latent frame.
+    let (mean_image, _) = vae.encode(a.slice_dim(2, 0..1));
+    assert!(max_diff(&mean_image, &mean_a, 0..1) <= 1e-6);
+}
+
+#[test]
+fn vae_decoder_is_causal() {
+    let vae = test_config().init::<B>(&Default::default());
+    let z = || Tensor::<B, 5>::random([1, 4, 5, 4, 4], Distribution::Normal(0.0, 1.0), &Default::default());
+    let a = z();
+    let b = Tensor::cat(vec![a.clone().slice_dim(2, 0..3), z().slice_dim(2, 3..5)], 2);
+    let (video_a, video_b) = (vae.decode(a.clone()), vae.decode(b));
+    // Latent j ≥ 1 becomes frames 4j − 3 ..= 4j: changing latents 3.. leaves frames 0..=8.
+    assert!(max_diff(&video_a, &video_b, 0..9) <= 1e-6);
+    assert!(max_diff(&video_a, &video_b, 9..17) > 1e-4, "later frames do see the change");
+
+    let image = vae.decode(a.clone().slice_dim(2, 0..1));
+    // Alone, the frame goes through differently blocked kernels: equal up to rounding.
+    assert!(max_diff(&image, &video_a, 0..1) <= 1e-5);
+}
+
+#[test]
+fn vae_cost_counts_params_and_flops() {
+    for config in [VaeConfig::tiny(), VaeConfig::small()] {
+        let vae = config.init::<B>(&Default::default());
+        let cost = vae.cost(17, 128, 128);
+        println!("{cost}");
+        assert_eq!((cost.latent.t, cost.latent.h, cost.latent.w), (5, 16, 16));
+        assert!(cost.encoder_params > 0 && cost.decoder_params > 0);
+        assert!(cost.encode_gflops > 0.0 && cost.decode_gflops > 0.0);
+    }
+    // A single conv by hand: 2·c_in·c_out·k² per output position, then the temporal conv.
+    let conv = super::CausalConvConfig::new([3, 8]).init::<B>(&Default::default());
+    let (flops, out) = conv.flops(super::Extent { t: 5, h: 4, w: 4 });
+    assert_eq!(out, super::Extent { t: 5, h: 4, w: 4 });
+    assert_eq!(flops, (2 * 3 * 8 * 9 * 80 + 2 * 8 * 8 * 3 * 80) as f64);
+}
+
+#[test]
+fn vae_overfits_one_clip() {
+    type A = Autodiff<Flex>;
+    let device = Default::default();
+    let options = ClipOptions { width: 32, height: 32, frames: 5, ..ClipOptions::default() };
+    // Beating the start 10× is easy (the mean colour alone does much of it): the reconstruction
+    // must also be 10× better than the best constant video, on a clip with some contrast.
+    let variance_of = |video: &Tensor<A, 5>| {
+        let mean = video.clone().mean().reshape([1, 1, 1, 1, 1]);
+        (video.clone() - mean).square().mean().into_scalar()
+    };
+    let mut sampler = ClipSampler::new(Split::Train, 7);
+    let (video, variance) = (0..20)
+        .map(|_| {
+            let video = video_tensor::<A>(&[sampler.next_clip(&options).render(false)], 32, 32, &device);
+            let variance = variance_of(&video);
+            (video, variance)
+        })
+        .find(|(_, variance)| *variance > 0.05)
+        .expect("one of 20 clips has contrast");
+    let mut vae = test_config().with_recon_loss(ReconLoss::Mse).init::<A>(&device);
+    let mut optim = AdamConfig::new().init();
+    let first = vae.loss(video.clone()).recon.into_scalar();
+    let target = first.min(variance) / 10.0;
+    let mut last = first;
+    for step in 0..200 {
+        let loss = vae.loss(video.clone());
+        last = loss.recon.clone().into_scalar();
+        if last <= target {
+            println!("reconstruction MSE {first} → {last} in {step} steps (clip variance {variance})");
+            break;
+        }
+        let grads = GradientsParams::from_grads(loss.total.backward(), &vae);
+        vae = optim.step(3e-3, vae, grads);
+    }
+    assert!(last <= target, "reconstruction MSE went from {first} to {last}, not below {target}");
+}
