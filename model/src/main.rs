@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, default_value_t = 240)]
         frames: usize,
     },
+    /// Prints the parameter count and GFLOPs per forward of every VAE and denoiser preset.
+    Presets {
+        /// Video size the VAE sees (the denoiser sees its latents), WIDTHxHEIGHT.
+        #[arg(long, value_delimiter = ',', default_value = "128x128,256x256")]
+        sizes: Vec<Size>,
+        /// Video frames per clip (1 + 4k).
+        #[arg(long, default_value_t = 17)]
+        frames: usize,
+    },
     /// Encodes prompts with the text encoder (all-MiniLM-L6-v2): token ids, first values, norm
     /// and the cosine similarities between the prompts.
     Embed {
@@ -117,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             world_bench(&sizes, frames);
             Ok(())
         }
+        Command::Presets { sizes, frames } => presets(&sizes, frames),
         Command::Embed { prompt, dir } => text_embed(&prompt, dir),
         Command::TextBench { dir, rounds } => text_bench(dir, rounds),
     }
@@ -309,5 +319,53 @@ fn text_bench(dir: Option<PathBuf>, rounds: usize) -> Result<()> {
     println!("| one long prompt, cold | {} | {long_ms:.1} ms |", encoder.tokenizer().encode(&long).len());
     println!("| twelve captions in one batch | {hi} padded | {batch_ms:.1} ms ({:.2} ms each) |", batch_ms / 12.0);
     println!("| one caption, cached | {lo}–{hi} | {:.0} ns |", cached_ms * 1e6 / calls as f64);
+    Ok(())
+}
+
+fn presets(sizes: &[Size], frames: usize) -> Result<()> {
+    use endless_model::dit::DenoiserConfig;
+    use endless_model::vae::VaeConfig;
+    let device = Default::default();
+    let vaes = [("tiny", VaeConfig::tiny()), ("small", VaeConfig::small())];
+    let dits = [("tiny", DenoiserConfig::tiny()), ("small", DenoiserConfig::small()), ("base", DenoiserConfig::base())];
+    if frames == 0 || !(frames - 1).is_multiple_of(4) {
+        bail!("--frames must be 1 + 4k");
+    }
+    println!("| model | preset | video | latent | params | GFLOPs per forward |");
+    println!("|---|---|---|---|---|---|");
+    for size in sizes {
+        for (name, config) in &vaes {
+            let cost = config.init::<burn::backend::Flex>(&device).cost(frames, size.height, size.width);
+            println!(
+                "| VAE | {name} | {frames}×{size} | {}×{}×{} | {:.2} M | encode {:.1}, decode {:.1} |",
+                cost.latent.t,
+                cost.latent.h,
+                cost.latent.w,
+                (cost.encoder_params + cost.decoder_params) as f64 / 1e6,
+                cost.encode_gflops,
+                cost.decode_gflops
+            );
+        }
+        let latent = (1 + (frames - 1) / 4, size.height / 8, size.width / 8);
+        for (name, config) in &dits {
+            if latent.1 > config.max_latent_size || latent.2 > config.max_latent_size {
+                continue;
+            }
+            println!(
+                "| denoiser | {name} | {frames}×{size} | {}×{}×{} | {:.2} M | {:.2} (16 text tokens) |",
+                latent.0,
+                latent.1,
+                latent.2,
+                config.num_params() as f64 / 1e6,
+                config.gflops(latent.0, latent.1, latent.2, 16)
+            );
+        }
+    }
+    let s2 = DenoiserConfig::dit_s2();
+    println!(
+        "| DiT-S/2 (reference) | – | image | 1×32×32 | {:.2} M | {:.2} |",
+        s2.num_params() as f64 / 1e6,
+        s2.gflops(1, 32, 32, 0)
+    );
     Ok(())
 }
