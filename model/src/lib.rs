@@ -3,6 +3,7 @@
 //! The library and the training CLI build without GStreamer (the GPU machines have none);
 //! MP4 writing is behind the `gst` feature.
 
+pub mod checkpoint;
 pub mod data;
 pub mod diffusion;
 pub mod dit;
