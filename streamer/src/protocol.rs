@@ -19,21 +19,28 @@ pub enum Codec {
     Fmp4,
 }
 
+/// What a client asks for when it creates a session: the `create` message, and the body
+/// of `POST /api/sessions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Create {
+    pub prompt: String,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default)]
+    pub fps: Option<f64>,
+    /// Over HTTP the `x-api-key` header may carry it instead.
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
 /// Messages from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    Create {
-        prompt: String,
-        #[serde(default)]
-        seed: Option<u64>,
-        #[serde(default)]
-        size: Option<String>,
-        #[serde(default)]
-        fps: Option<f64>,
-        #[serde(default)]
-        api_key: Option<String>,
-    },
+    Create(Create),
     Watch {
         session: String,
         #[serde(default)]
@@ -62,7 +69,7 @@ impl ClientMessage {
     /// The message's `type`, for error replies.
     pub fn kind(&self) -> &'static str {
         match self {
-            ClientMessage::Create { .. } => "create",
+            ClientMessage::Create(_) => "create",
             ClientMessage::Watch { .. } => "watch",
             ClientMessage::Steer { .. } => "steer",
             ClientMessage::Pause => "pause",
@@ -210,14 +217,15 @@ mod tests {
         let m: ClientMessage = serde_json::from_str(r#"{"type":"create","prompt":"hills","size":"256x144"}"#).unwrap();
         assert_eq!(
             m,
-            ClientMessage::Create {
+            ClientMessage::Create(Create {
                 prompt: "hills".into(),
                 seed: None,
                 size: Some("256x144".into()),
                 fps: None,
                 api_key: None
-            }
+            })
         );
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"create","prompt":"x","evil":1}"#).is_err());
         let m: ClientMessage = serde_json::from_str(r#"{"type":"watch","session":"ab","codec":"fmp4"}"#).unwrap();
         assert_eq!(m, ClientMessage::Watch { session: "ab".into(), token: None, codec: Codec::Fmp4 });
         let m: ClientMessage = serde_json::from_str(r#"{"type":"record","on":true}"#).unwrap();

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Source};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::{ClientMessage, Codec, MediaHeader, ServerMessage, Track, now_us};
+use crate::protocol::{ClientMessage, Codec, Create, MediaHeader, ServerMessage, Track, now_us};
 use crate::recording;
 use crate::stream::SessionStream;
 use axum::body::Body;
@@ -17,7 +17,6 @@ use dashmap::DashMap;
 use endless_model::media::Size;
 use endless_sessions::{CreateRequest, OwnerToken, Registry, SessionId, Settings, WorldFactory};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -78,27 +77,21 @@ impl AppState {
         }))
     }
 
-    fn create(
-        &self,
-        prompt: &str,
-        seed: Option<u64>,
-        size: Option<&str>,
-        fps: Option<f64>,
-        api_key: Option<&str>,
-    ) -> Result<(Arc<SessionStream>, OwnerToken), Refusal> {
+    fn create(&self, req: &Create) -> Result<(Arc<SessionStream>, OwnerToken), Refusal> {
         let required = &self.config.server.api_key;
-        if !required.is_empty() && !api_key.is_some_and(|k| OwnerToken::constant_time_eq(k, required)) {
+        if !required.is_empty() && !req.api_key.as_deref().is_some_and(|k| OwnerToken::constant_time_eq(k, required)) {
             return Err(Refusal("a valid API key is required to create a session".into()));
         }
-        let size = match size {
+        let size = match &req.size {
             Some(s) => s.parse::<Size>()?,
             None => self.config.sessions.size,
         };
         if size.width > 1024 || size.height > 1024 {
             return Err(Refusal("size is at most 1024x1024".into()));
         }
-        let fps = fps.unwrap_or(self.config.sessions.fps.get() as f64);
-        let (session, token) = self.registry.create(&CreateRequest { prompt: prompt.into(), seed, size, fps })?;
+        let fps = req.fps.unwrap_or(self.config.sessions.fps.get() as f64);
+        let (session, token) =
+            self.registry.create(&CreateRequest { prompt: req.prompt.clone(), seed: req.seed, size, fps })?;
         self.metrics.sessions_created.fetch_add(1, Ordering::Relaxed);
         self.attach(session, token)
     }
@@ -218,21 +211,11 @@ async fn list_sessions(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     Json(s.registry.list())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    prompt: String,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    size: Option<String>,
-    #[serde(default)]
-    fps: Option<f64>,
-}
-
-async fn create_session(State(s): State<Arc<AppState>>, headers: HeaderMap, Json(body): Json<CreateBody>) -> Response {
-    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    match s.create(&body.prompt, body.seed, body.size.as_deref(), body.fps, key) {
+async fn create_session(State(s): State<Arc<AppState>>, headers: HeaderMap, Json(mut body): Json<Create>) -> Response {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        body.api_key = Some(key.to_string());
+    }
+    match s.create(&body) {
         Ok((stream, token)) => Json(serde_json::json!({
             "session": stream.session.id,
             "token": token.as_str(),
@@ -348,8 +331,8 @@ async fn handle(
     tx: &mpsc::Sender<Message>,
 ) -> Result<(), Refusal> {
     match req {
-        ClientMessage::Create { prompt, seed, size, fps, api_key } => {
-            let (stream, token) = state.create(&prompt, seed, size.as_deref(), fps, api_key.as_deref())?;
+        ClientMessage::Create(req) => {
+            let (stream, token) = state.create(&req)?;
             let _ = send(
                 tx,
                 ServerMessage::Created { session: stream.session.id.to_string(), token: token.as_str().into() },

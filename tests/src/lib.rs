@@ -151,9 +151,20 @@ impl Drop for TestServer {
 
 /// A plain HTTP/1.1 GET: (status, body).
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    http(addr, "GET", path, None)
+}
+
+/// A plain HTTP/1.1 request with an optional JSON body: (status, body).
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, json: Option<&str>) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("the server accepts");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request written");
+    let body = json.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request written");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("response read");
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header");

@@ -1,7 +1,7 @@
 //! The service end to end: a real `endless serve` on a free port, a real WebSocket client,
 //! real GStreamer decoding of what it streams and records.
 
-use endless_tests::{TestServer, decode_file, decode_h264, http_get, mean_rgb};
+use endless_tests::{TestServer, decode_file, decode_h264, http, http_get, mean_rgb};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -154,6 +154,17 @@ async fn viewers_and_a_late_joiner_get_decodable_video_and_cannot_steer() {
     assert_eq!(status, 200);
     let list: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(list[0]["viewers"], 3, "{list}");
+
+    // Sessions can be created over HTTP too; bad bodies are refused with a reason.
+    let (status, body) =
+        http(server.addr, "POST", "/api/sessions", Some(r#"{"prompt":"sunset over the sea","size":"64x64"}"#));
+    let created: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, created["size"].as_str()), (200, Some("64x64")), "{created}");
+    assert_eq!(created["token"].as_str().map(str::len), Some(32));
+    let (status, body) = http(server.addr, "POST", "/api/sessions", Some(r#"{"prompt":"hills","size":"65x64"}"#));
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("even"));
+    assert!(http(server.addr, "POST", "/api/sessions", Some(r#"{"prompt":"hills","evil":1}"#)).0 >= 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
