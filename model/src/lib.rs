@@ -9,5 +9,6 @@ pub mod diffusion;
 pub mod dit;
 pub mod media;
 pub mod text;
+pub mod train;
 pub mod vae;
 pub mod world;

@@ -69,6 +69,55 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// Trains the video VAE on the procedural world (CPU, burn Flex): checkpoints, loss.csv and
+    /// loss.png in --out.
+    TrainVae {
+        /// Model preset: tiny or small.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Frame size, WIDTHxHEIGHT (multiples of 8).
+        #[arg(long, default_value = "64x64")]
+        size: Size,
+        /// Frames per video batch (1 + 4k).
+        #[arg(long, default_value_t = 9)]
+        frames: usize,
+        /// Clips per batch.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// The step to stop at.
+        #[arg(long, default_value_t = 1000)]
+        steps: usize,
+        /// Peak learning rate.
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Steps of linear warm-up.
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// Cosine decay to a tenth of the peak after the warm-up (default: constant).
+        #[arg(long)]
+        cosine: bool,
+        /// Fraction of batches that are single-frame images.
+        #[arg(long, default_value_t = 0.25)]
+        image_fraction: f64,
+        /// Decay of the EMA of the weights; 0 turns the EMA off.
+        #[arg(long, default_value_t = 0.999)]
+        ema: f64,
+        /// Seed of the data stream and the initialisation.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output folder.
+        #[arg(long, default_value = "runs/vae-tiny")]
+        out: PathBuf,
+        /// Continue from --out/vae.safetensors.
+        #[arg(long)]
+        resume: bool,
+        /// Checkpoint every this many steps (and at the end).
+        #[arg(long, default_value_t = 500)]
+        checkpoint_every: usize,
+        /// A progress line every this many steps.
+        #[arg(long, default_value_t = 10)]
+        log_every: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -129,6 +178,47 @@ fn run(cli: Cli) -> Result<()> {
         Command::Presets { sizes, frames } => presets(&sizes, frames),
         Command::Embed { prompt, dir } => text_embed(&prompt, dir),
         Command::TextBench { dir, rounds } => text_bench(dir, rounds),
+        Command::TrainVae {
+            preset,
+            size,
+            frames,
+            batch,
+            steps,
+            lr,
+            warmup,
+            cosine,
+            image_fraction,
+            ema,
+            seed,
+            out,
+            resume,
+            checkpoint_every,
+            log_every,
+        } => {
+            use endless_model::train::{LrSchedule, TrainVaeOptions};
+            let config = match preset.as_str() {
+                "tiny" => endless_model::vae::VaeConfig::tiny(),
+                "small" => endless_model::vae::VaeConfig::small(),
+                other => bail!("unknown --preset {other:?}: tiny or small"),
+            };
+            train_vae(TrainVaeOptions {
+                width: size.width,
+                height: size.height,
+                frames,
+                batch,
+                steps,
+                lr,
+                warmup,
+                schedule: if cosine { LrSchedule::Cosine } else { LrSchedule::Constant },
+                image_fraction,
+                ema_decay: (ema > 0.0).then_some(ema),
+                seed,
+                resume,
+                checkpoint_every,
+                log_every,
+                ..TrainVaeOptions::new(config, out)
+            })
+        }
     }
 }
 
@@ -367,5 +457,24 @@ fn presets(sizes: &[Size], frames: usize) -> Result<()> {
         s2.num_params() as f64 / 1e6,
         s2.gflops(1, 32, 32, 0)
     );
+    Ok(())
+}
+
+fn train_vae(options: endless_model::train::TrainVaeOptions) -> Result<()> {
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    let summary = endless_model::train::train_vae::<B>(&options, &Default::default())?;
+    if let (Some(first), Some(last)) = (summary.rows.first(), summary.rows.last()) {
+        println!(
+            "steps {}..{}: loss {:.5} → {:.5} (recon {:.5} → {:.5}), {:.2} samples/s; wrote {}",
+            summary.start_step,
+            summary.end_step,
+            first.loss,
+            last.loss,
+            first.recon,
+            last.recon,
+            summary.samples_per_second,
+            options.out.display()
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,108 @@
+//! Training the VAE: a few steps lower the loss, and a resumed run equals a straight one.
+//!
+//! In their own test binary because burn's random number generator is global to the
+//! backend: tests elsewhere in the library drawing from it in parallel would make the
+//! resume comparison flaky. The two tests here take turns.
+
+use burn::backend::{Autodiff, Flex};
+use endless_model::checkpoint;
+use endless_model::train::{TrainVaeOptions, read_loss_csv, train_vae};
+use endless_model::vae::VaeConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+type B = Autodiff<Flex>;
+
+/// burn's RNG is global to the backend: the tests that train take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("endless-train-vae-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+fn options(out: PathBuf) -> TrainVaeOptions {
+    TrainVaeOptions {
+        width: 32,
+        height: 32,
+        frames: 5,
+        batch: 2,
+        warmup: 0,
+        lr: 2e-3,
+        log_every: 0,
+        checkpoint_every: 0,
+        ema_decay: Some(0.9),
+        image_fraction: 0.5,
+        ..TrainVaeOptions::new(VaeConfig::tiny(), out)
+    }
+}
+
+#[test]
+fn train_a_few_steps_lower_the_loss() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = dir("lower");
+    let o = TrainVaeOptions { steps: 60, lr: 5e-3, ..options(out.clone()) };
+    let summary = train_vae::<B>(&o, &Default::default()).unwrap();
+    let losses: Vec<f64> = summary.rows.iter().map(|r| r.loss).collect();
+    assert_eq!(losses.len(), 60);
+    let first = losses[..10].iter().sum::<f64>() / 10.0;
+    let last = losses[50..].iter().sum::<f64>() / 10.0;
+    assert!(last < 0.8 * first, "loss {first:.4} → {last:.4}");
+    for f in ["vae.safetensors", "vae.json", "vae-ema.safetensors", "optim.bin", "loss.csv", "loss.png"] {
+        assert!(out.join(f).exists(), "{f} written");
+    }
+    assert_eq!(checkpoint::read_info(&out.join("vae.safetensors")).unwrap().meta["samples_seen"], 120);
+    std::fs::remove_dir_all(&out).ok();
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            (name, values)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn max_diff(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn train_resume_gives_the_weights_of_a_straight_run() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let straight = dir("straight");
+    let o = TrainVaeOptions { steps: 6, ..options(straight.clone()) };
+    let a = train_vae::<B>(&o, &device).unwrap();
+    let split = dir("split");
+    let o = TrainVaeOptions { steps: 3, ..options(split.clone()) };
+    train_vae::<B>(&o, &device).unwrap();
+    let o = TrainVaeOptions { steps: 6, resume: true, ..options(split.clone()) };
+    let b = train_vae::<B>(&o, &device).unwrap();
+    assert_eq!(b.start_step, 3);
+    assert_eq!(a.rows[3..], b.rows[..], "the resumed steps see the same batches and losses");
+    for f in ["vae.safetensors", "vae-ema.safetensors"] {
+        let d = max_diff(&straight.join(f), &split.join(f));
+        assert!(d <= 1e-6, "{f}: resumed weights differ by {d}");
+    }
+    assert_eq!(read_loss_csv(&split.join("loss.csv")).unwrap(), a.rows);
+    std::fs::remove_dir_all(&straight).ok();
+    std::fs::remove_dir_all(&split).ok();
+}
