@@ -5,9 +5,11 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod diffusion;
 pub mod dit;
 pub mod media;
+pub mod pipeline;
 pub mod text;
 pub mod train;
 pub mod vae;

@@ -8,10 +8,8 @@
 
 mod text {
     use burn::backend::Flex;
-    use endless_model::text::{MAX_TOKENS, TextBatch, TextEncoder, Tokenizer, default_dir, is_present};
+    use endless_model::text::{MAX_TOKENS, TextBatch, TextEncoder, Tokenizer, dir_for_tests};
     use serde::Deserialize;
-    use std::io::Write;
-    use std::path::PathBuf;
     use std::sync::{Arc, OnceLock};
 
     type B = Flex;
@@ -19,35 +17,12 @@ mod text {
     /// Largest difference allowed between burn and sentence-transformers, per value.
     const TOLERANCE: f32 = 1e-5;
 
-    /// The model directory, or None (after saying so) when the files are missing and not
-    /// required.
-    fn minilm_dir() -> Option<PathBuf> {
-        let dir = default_dir();
-        if is_present(&dir) {
-            return Some(dir);
-        }
-        if std::env::var_os("ENDLESS_REQUIRE_MINILM").is_some() {
-            panic!(
-                "ENDLESS_REQUIRE_MINILM is set but all-MiniLM-L6-v2 is not in {}: run scripts/fetch-minilm.sh",
-                dir.display()
-            );
-        }
-        // Straight to stderr: the test harness captures eprintln! of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: all-MiniLM-L6-v2 is not in {} (run scripts/fetch-minilm.sh; set ENDLESS_REQUIRE_MINILM=1 \
-             to make this a failure)",
-            dir.display()
-        );
-        None
-    }
-
     /// One encoder for every test (loading reads 90 MB); the tests run in parallel threads on it.
     fn encoder() -> Option<&'static TextEncoder<B>> {
         static ENCODER: OnceLock<Option<TextEncoder<B>>> = OnceLock::new();
         ENCODER
             .get_or_init(|| {
-                let dir = minilm_dir()?;
+                let dir = dir_for_tests()?;
                 Some(TextEncoder::load(&dir, &Default::default()).expect("the fetched model loads"))
             })
             .as_ref()
@@ -100,7 +75,7 @@ mod text {
 
     #[test]
     fn tokenizer_matches_hugging_face_tokenizers() {
-        let Some(dir) = minilm_dir() else { return };
+        let Some(dir) = dir_for_tests() else { return };
         let tokenizer = Tokenizer::from_vocab_file(&dir.join("vocab.txt")).expect("vocab.txt loads");
         let fixture: TokenCases =
             serde_json::from_str(include_str!("fixtures/minilm_tokens.json")).expect("the fixture is valid");
@@ -146,7 +121,7 @@ mod text {
     #[test]
     fn the_autodiff_backend_matches_too() {
         // Training runs on Autodiff<…>: the frozen encoder must give the same states there.
-        let Some(dir) = minilm_dir() else { return };
+        let Some(dir) = dir_for_tests() else { return };
         let encoder = TextEncoder::<burn::backend::Autodiff<B>>::load(&dir, &Default::default()).expect("it loads");
         let mut worst = 0f32;
         for r in &reference().prompts {

@@ -6,7 +6,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use endless_model::checkpoint;
-use endless_model::train::{TrainVaeOptions, read_loss_csv, train_vae};
+use endless_model::train::{Optimisation, TrainVaeOptions, read_loss_csv, train_vae};
 use endless_model::vae::VaeConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -28,21 +28,19 @@ fn options(out: PathBuf) -> TrainVaeOptions {
         height: 32,
         frames: 5,
         batch: 2,
-        warmup: 0,
-        lr: 2e-3,
         log_every: 0,
         checkpoint_every: 0,
-        ema_decay: Some(0.9),
         image_fraction: 0.5,
         ..TrainVaeOptions::new(VaeConfig::tiny(), out)
     }
+    .with_optim(|o| Optimisation { warmup: 0, lr: 2e-3, ema_decay: Some(0.9), ..o })
 }
 
 #[test]
 fn train_a_few_steps_lower_the_loss() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = dir("lower");
-    let o = TrainVaeOptions { steps: 60, lr: 5e-3, ..options(out.clone()) };
+    let o = TrainVaeOptions { steps: 60, ..options(out.clone()) }.with_optim(|o| Optimisation { lr: 5e-3, ..o });
     let summary = train_vae::<B>(&o, &Default::default()).unwrap();
     let losses: Vec<f64> = summary.rows.iter().map(|r| r.loss).collect();
     assert_eq!(losses.len(), 60);

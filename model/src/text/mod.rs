@@ -58,6 +58,31 @@ pub fn is_present(dir: &Path) -> bool {
     FILES.iter().all(|f| dir.join(f).is_file())
 }
 
+/// For tests that need the model: [`default_dir`] when the files are there; otherwise `None`
+/// after saying so on stderr — or a panic when `ENDLESS_REQUIRE_MINILM` is set (as
+/// `scripts/test.sh` does), so CI cannot pass by skipping.
+pub fn dir_for_tests() -> Option<PathBuf> {
+    use std::io::Write;
+    let dir = default_dir();
+    if is_present(&dir) {
+        return Some(dir);
+    }
+    if std::env::var_os("ENDLESS_REQUIRE_MINILM").is_some() {
+        panic!(
+            "ENDLESS_REQUIRE_MINILM is set but all-MiniLM-L6-v2 is not in {}: run scripts/fetch-minilm.sh",
+            dir.display()
+        );
+    }
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: all-MiniLM-L6-v2 is not in {} (run scripts/fetch-minilm.sh; set ENDLESS_REQUIRE_MINILM=1 \
+         to make this a failure)",
+        dir.display()
+    );
+    None
+}
+
 /// Why the text encoder could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {

@@ -1,7 +1,12 @@
-//! Training loops: the VAE on the procedural world ([`vae`]), and the loss plot ([`plot`]).
+//! Training loops: the VAE ([`vae`]) and the denoiser ([`denoiser`]) on the procedural world,
+//! what they share ([`common`]), and the loss plot ([`plot`]).
 
+pub mod common;
+pub mod denoiser;
 pub mod plot;
 pub mod vae;
 
+pub use common::{LrSchedule, Optimisation};
+pub use denoiser::{TrainDenoiserOptions, train_denoiser};
 pub use plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
-pub use vae::{LrSchedule, TrainSummary, TrainVaeOptions, train_vae};
+pub use vae::{TrainSummary, TrainVaeOptions, train_vae};

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 
 use super::VaeConfig;
 use super::layers::{
-    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, Upsample, UpsampleConfig, frame_norm,
+    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig, frame_norm,
 };
 
 impl VaeConfig {
@@ -161,16 +161,31 @@ impl<B: Backend> Decoder<B> {
     /// - `z`: `[b, t', c_latent, h', w']`
     /// - returns: `[b, 1 + 4(t' − 1), c_image, 8h', 8w']` with the default factors
     pub fn forward(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
-        let mut x = self.mid.forward(self.conv_in.forward(z));
+        self.forward_stream(z, None)
+    }
+
+    /// [`Decoder::forward`] of one chunk of a stream: the causal past of every temporal
+    /// convolution comes from `state` and goes back into it. Returns `4t'` frames for every
+    /// chunk after the first.
+    pub fn forward_stream(&self, z: Tensor<B, 5>, mut state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
+        if let Some(s) = state.as_deref_mut() {
+            s.begin_chunk();
+        }
+        let x = self.conv_in.forward_stream(z, state.as_deref_mut());
+        let mut x = self.mid.forward_stream(x, state.as_deref_mut());
         for level in &self.levels {
             for block in &level.blocks {
-                x = block.forward(x);
+                x = block.forward_stream(x, state.as_deref_mut());
             }
             if let Some(up) = &level.up {
-                x = up.forward(x);
+                x = up.forward_stream(x, state.as_deref_mut());
             }
         }
-        self.conv_out.forward(silu(frame_norm(&self.norm_out, x)))
+        let x = self.conv_out.forward_stream(silu(frame_norm(&self.norm_out, x)), state.as_deref_mut());
+        if let Some(s) = state {
+            s.end_chunk();
+        }
+        x
     }
 
     /// FLOPs of the convolutions for one latent of extent `input`, and the video's extent.

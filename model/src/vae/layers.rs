@@ -32,6 +32,62 @@ fn conv_flops<B: Backend>(conv: &Conv2d<B>, positions: f64) -> f64 {
     2.0 * (c_out * c_in * kh * kw) as f64 * positions
 }
 
+/// The causal past a chunked (streaming) decode carries from one chunk to the next: for every
+/// temporal convolution, in call order, the last `k_t − 1` frames it saw; and whether the stream
+/// has begun (only its very first frame is decoded alone). With it, decoding a stream chunk by
+/// chunk gives the frames of one decode of the whole stream: no overlap, no seam.
+#[derive(Debug, Clone)]
+pub struct StreamState<B: Backend> {
+    past: Vec<Tensor<B, 5>>,
+    cursor: usize,
+    started: bool,
+}
+
+impl<B: Backend> Default for StreamState<B> {
+    fn default() -> Self {
+        StreamState { past: Vec::new(), cursor: 0, started: false }
+    }
+}
+
+impl<B: Backend> StreamState<B> {
+    /// Whether a chunk has been decoded.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Bytes of activations kept (f32).
+    pub fn bytes(&self) -> usize {
+        self.past.iter().map(|t| t.shape().num_elements() * 4).sum()
+    }
+
+    pub(crate) fn begin_chunk(&mut self) {
+        self.cursor = 0;
+    }
+
+    pub(crate) fn end_chunk(&mut self) {
+        self.started = true;
+    }
+
+    /// `y` (`[b, t, c, h, w]`) with its `k − 1` frames of past in front — the previous
+    /// chunk's, or copies of the first frame at the start — remembering the last `k − 1`.
+    fn with_past(&mut self, y: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
+        let padded = if self.started {
+            Tensor::cat(vec![self.past[self.cursor].clone(), y], 1)
+        } else {
+            y.pad([(k - 1, 0), (0, 0), (0, 0), (0, 0)], PadMode::Edge)
+        };
+        let n = padded.dims()[1];
+        let keep = padded.clone().narrow(1, n - (k - 1), k - 1);
+        if self.started {
+            self.past[self.cursor] = keep;
+        } else {
+            self.past.push(keep);
+        }
+        self.cursor += 1;
+        padded
+    }
+}
+
 /// A (2+1)-D causal convolution: a `k×k` spatial convolution on every frame, then a temporal
 /// convolution of `k_t` frames that sees only the present and the past (the first frame is
 /// replicated `k_t − 1` times in front; nothing is padded after).
@@ -87,6 +143,15 @@ impl<B: Backend> CausalConv<B> {
     /// - `x`: `[b, t, c_in, h, w]`
     /// - returns: `[b, t', c_out, h / stride, w / stride]`, `t' = (t − 1) / temporal_stride + 1`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.forward_stream(x, None)
+    }
+
+    /// [`CausalConv::forward`] of one chunk of a stream: the past comes from `state` (and
+    /// goes back into it) instead of copies of the first frame.
+    ///
+    /// # Panics
+    /// With a state, if the temporal stride is not 1.
+    pub fn forward_stream(&self, x: Tensor<B, 5>, state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
         let [b, t, c, h, w] = x.dims();
         let y = self.spatial.forward(x.reshape([b * t, c, h, w])); // [b*t, c', h', w']
         let [_, c, h, w] = y.dims();
@@ -95,8 +160,15 @@ impl<B: Backend> CausalConv<B> {
         };
         let (k, s) = (self.temporal_kernel, self.temporal_stride);
         let t_out = (t - 1) / s + 1;
-        // [b, t + k - 1, c', h', w']: k - 1 copies of the first frame in front.
-        let y = y.reshape([b, t, c, h, w]).pad([(k - 1, 0), (0, 0), (0, 0), (0, 0)], PadMode::Edge);
+        // [b, t + k - 1, c', h', w']: k - 1 frames of past (at the start, copies of the first).
+        let y = y.reshape([b, t, c, h, w]);
+        let y = match state {
+            Some(state) => {
+                assert_eq!(s, 1, "streaming needs a temporal stride of 1");
+                state.with_past(y, k)
+            }
+            None => y.pad([(k - 1, 0), (0, 0), (0, 0), (0, 0)], PadMode::Edge),
+        };
         // Output frame j sees padded frames j·s .. j·s + k: gather each shift, stack along channels.
         let shifts = (0..k)
             .map(|i| {
@@ -175,8 +247,13 @@ impl<B: Backend> ResBlock<B> {
     /// - `x`: `[b, t, c_in, h, w]`
     /// - returns: `[b, t, c_out, h, w]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let y = self.conv1.forward(silu(frame_norm(&self.norm1, x.clone())));
-        let y = self.conv2.forward(silu(frame_norm(&self.norm2, y)));
+        self.forward_stream(x, None)
+    }
+
+    /// [`ResBlock::forward`] of one chunk of a stream (see [`StreamState`]).
+    pub fn forward_stream(&self, x: Tensor<B, 5>, mut state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
+        let y = self.conv1.forward_stream(silu(frame_norm(&self.norm1, x.clone())), state.as_deref_mut());
+        let y = self.conv2.forward_stream(silu(frame_norm(&self.norm2, y)), state);
         let skip = match &self.skip {
             Some(skip) => {
                 let [b, t, c, h, w] = x.dims();
@@ -232,17 +309,28 @@ impl<B: Backend> Upsample<B> {
     /// - `x`: `[b, t, c_in, h, w]`
     /// - returns: `[b, t', c_out, 2h, 2w]`, `t' = 2t − 1` when temporal, else `t`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.forward_stream(x, None)
+    }
+
+    /// [`Upsample::forward`] of one chunk of a stream (see [`StreamState`]): after the stream's
+    /// first chunk every frame becomes two (`t` → `2t`).
+    pub fn forward_stream(&self, x: Tensor<B, 5>, state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
         let [b, t, c, h, w] = x.dims();
         let x = x.reshape([b * t * c, h, 1, w, 1]).repeat_dim(2, 2).repeat_dim(4, 2); // [b*t*c, h, 2, w, 2]
         let x = x.reshape([b, t, c, 2 * h, 2 * w]);
         let x = if self.temporal {
             let x = x.reshape([b, t, 1, c * 4 * h * w]).repeat_dim(2, 2); // [b, t, 2, c*2h*2w]
-            // [x0, x0, x1, x1, …] without its first frame: [x0, x1, x1, x2, x2, …]
-            x.reshape([b, 2 * t, c, 2 * h, 2 * w]).narrow(1, 1, 2 * t - 1)
+            let x = x.reshape([b, 2 * t, c, 2 * h, 2 * w]);
+            if state.as_ref().is_some_and(|s| s.started()) {
+                x
+            } else {
+                // [x0, x0, x1, x1, …] without its first frame: [x0, x1, x1, x2, x2, …]
+                x.narrow(1, 1, 2 * t - 1)
+            }
         } else {
             x
         };
-        self.conv.forward(x)
+        self.conv.forward_stream(x, state)
     }
 
     /// FLOPs for one video of `input`, and the output's extent.

@@ -26,8 +26,9 @@
 //! - **Continuous latent**: the encoder gives the mean and log-variance of a diagonal Gaussian;
 //!   training decodes a reparameterised sample and adds `kl_weight ·` KL to N(0, I).
 //!
-//! Decoding a long stream chunk by chunk would need the causal state of every temporal conv
-//! kept between chunks (or an overlap); that is not here yet.
+//! **Streaming decode.** [`Vae::decode_stream`] decodes a stream chunk by chunk with a
+//! [`StreamState`] that keeps the last `k_t − 1` frames every temporal convolution saw: the
+//! frames equal one decode of the whole stream, with no overlap recomputed and no seam.
 
 mod codec;
 mod layers;
@@ -36,7 +37,7 @@ mod tests;
 
 pub use codec::{Decoder, DecoderLevel, Encoder, EncoderLevel};
 pub use layers::{
-    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, Upsample, UpsampleConfig, frame_norm,
+    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig, frame_norm,
 };
 
 use std::fmt;
@@ -204,6 +205,13 @@ impl<B: Backend> Vae<B> {
     /// - returns: `[b, 3, 1 + 4(t' − 1), 8h', 8w']`
     pub fn decode(&self, latent: Tensor<B, 5>) -> Tensor<B, 5> {
         self.decoder.forward(latent.swap_dims(1, 2)).swap_dims(1, 2) // [b, t, 3, h, w] → [b, 3, t, h, w]
+    }
+
+    /// The frames of the next latents of a stream: `[b, 3, 1 + 4(t' − 1), H, W]` for its
+    /// first chunk, `[b, 3, 4t', H, W]` after; together, the frames of [`Vae::decode`] of the
+    /// whole stream. `state` starts as `StreamState::default()` and belongs to one stream.
+    pub fn decode_stream(&self, latent: Tensor<B, 5>, state: &mut StreamState<B>) -> Tensor<B, 5> {
+        self.decoder.forward_stream(latent.swap_dims(1, 2), Some(state)).swap_dims(1, 2)
     }
 
     /// Encodes, draws a reparameterised sample of the posterior and decodes it.

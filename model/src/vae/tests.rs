@@ -74,6 +74,29 @@ fn vae_decoder_is_causal() {
     assert!(max_diff(&image, &video_a, 0..1) <= 1e-5);
 }
 
+/// Decoding a stream chunk by chunk with its state gives the frames of one decode of the whole
+/// stream, whatever the chunking.
+#[test]
+fn vae_stream_decoding_equals_one_decode() {
+    let vae = test_config().init::<B>(&Default::default());
+    let z = Tensor::<B, 5>::random([2, 4, 9, 4, 4], Distribution::Normal(0.0, 1.0), &Default::default());
+    let whole = vae.decode(z.clone());
+    assert_eq!(whole.dims()[2], 33);
+    for chunks in [vec![1, 2, 2, 4], vec![3, 1, 5], vec![9]] {
+        let mut state = super::StreamState::default();
+        let (mut latent, mut frame) = (0, 0);
+        for n in chunks {
+            let video = vae.decode_stream(z.clone().slice_dim(2, latent..latent + n), &mut state);
+            let t = video.dims()[2];
+            assert_eq!(t, if latent == 0 { 1 + 4 * (n - 1) } else { 4 * n });
+            let d = max_diff(&video, &whole.clone().slice_dim(2, frame..frame + t), 0..t);
+            assert!(d <= 1e-5, "latents {latent}..{}: chunked decoding differs by {d}", latent + n);
+            (latent, frame) = (latent + n, frame + t);
+        }
+        assert_eq!(frame, 33);
+    }
+}
+
 #[test]
 fn vae_cost_counts_params_and_flops() {
     for config in [VaeConfig::tiny(), VaeConfig::small()] {

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod generate;
+
 #[derive(Parser)]
 #[command(name = "endless-model", version, about = "endless: the world, the models, training")]
 struct Cli {
@@ -69,6 +71,11 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// Trains the denoiser on latents of a trained VAE (`--vae`); --out becomes a pipeline
+    /// folder for `sample` and the service.
+    Train(Box<generate::TrainArgs>),
+    /// Generates a video from a prompt with a pipeline folder, chunk by chunk as a stream.
+    Sample(Box<generate::SampleArgs>),
     /// Trains the video VAE on the procedural world (CPU, burn Flex): checkpoints, loss.csv and
     /// loss.png in --out.
     TrainVae {
@@ -178,6 +185,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Presets { sizes, frames } => presets(&sizes, frames),
         Command::Embed { prompt, dir } => text_embed(&prompt, dir),
         Command::TextBench { dir, rounds } => text_bench(dir, rounds),
+        Command::Train(args) => generate::train(*args),
+        Command::Sample(args) => generate::sample(*args),
         Command::TrainVae {
             preset,
             size,
@@ -195,29 +204,34 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint_every,
             log_every,
         } => {
-            use endless_model::train::{LrSchedule, TrainVaeOptions};
+            use endless_model::train::{LrSchedule, Optimisation, TrainVaeOptions};
             let config = match preset.as_str() {
                 "tiny" => endless_model::vae::VaeConfig::tiny(),
                 "small" => endless_model::vae::VaeConfig::small(),
                 other => bail!("unknown --preset {other:?}: tiny or small"),
             };
-            train_vae(TrainVaeOptions {
-                width: size.width,
-                height: size.height,
-                frames,
-                batch,
-                steps,
-                lr,
-                warmup,
-                schedule: if cosine { LrSchedule::Cosine } else { LrSchedule::Constant },
-                image_fraction,
-                ema_decay: (ema > 0.0).then_some(ema),
-                seed,
-                resume,
-                checkpoint_every,
-                log_every,
-                ..TrainVaeOptions::new(config, out)
-            })
+            train_vae(
+                TrainVaeOptions {
+                    width: size.width,
+                    height: size.height,
+                    frames,
+                    batch,
+                    steps,
+                    image_fraction,
+                    seed,
+                    resume,
+                    checkpoint_every,
+                    log_every,
+                    ..TrainVaeOptions::new(config, out)
+                }
+                .with_optim(|o| Optimisation {
+                    lr,
+                    warmup,
+                    schedule: if cosine { LrSchedule::Cosine } else { LrSchedule::Constant },
+                    ema_decay: (ema > 0.0).then_some(ema),
+                    ..o
+                }),
+            )
         }
     }
 }

@@ -1,0 +1,290 @@
+//! `endless-model train` and `endless-model sample`: the denoiser's training and sampling from a
+//! pipeline folder, on the device chosen with `--device`.
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use endless_model::device::{DeviceKind, Resolved, resolve};
+use endless_model::diffusion::Guidance;
+use endless_model::dit::DenoiserConfig;
+use endless_model::media::{Size, contact_sheet, write_mp4, write_png};
+use endless_model::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings};
+use endless_model::text::{TextEncoder, default_dir};
+use endless_model::train::{LrSchedule, Optimisation, TrainDenoiserOptions, train_denoiser};
+use endless_model::vae::StreamState;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Runs `$f::<Backend>(&device, args…)` on the resolved device.
+macro_rules! on_device {
+    ($kind:expr, $f:ident, autodiff, $($arg:expr),*) => {
+        match resolve($kind).map_err(anyhow::Error::msg)? {
+            Resolved::Cpu => $f::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default(), $($arg),*),
+            #[cfg(feature = "cuda")]
+            Resolved::Cuda => $f::<burn::backend::Autodiff<burn::backend::Cuda>>(&Default::default(), $($arg),*),
+            #[cfg(not(feature = "cuda"))]
+            Resolved::Cuda => unreachable!("resolve refuses cuda without the feature"),
+        }
+    };
+    ($kind:expr, $f:ident, $($arg:expr),*) => {
+        match resolve($kind).map_err(anyhow::Error::msg)? {
+            Resolved::Cpu => $f::<burn::backend::Flex>(&Default::default(), $($arg),*),
+            #[cfg(feature = "cuda")]
+            Resolved::Cuda => $f::<burn::backend::Cuda>(&Default::default(), $($arg),*),
+            #[cfg(not(feature = "cuda"))]
+            Resolved::Cuda => unreachable!("resolve refuses cuda without the feature"),
+        }
+    };
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Denoiser preset: tiny, small or base.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// The trained VAE checkpoint.
+    #[arg(long)]
+    vae: PathBuf,
+    /// all-MiniLM-L6-v2 folder (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Frame size, WIDTHxHEIGHT (multiples of 8 × the patch size).
+    #[arg(long, default_value = "64x64")]
+    size: Size,
+    /// Frames per second of the training clips (and of the streams the pipeline makes).
+    #[arg(long, default_value_t = 8.0)]
+    fps: f64,
+    /// Latent frames the denoiser sees at once.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Extra latent frames before the window (windows start at a random offset up to this).
+    #[arg(long, default_value_t = 2)]
+    lead: usize,
+    /// Clips per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// The step to stop at.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Steps of linear warm-up.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// Cosine decay to a tenth of the peak after the warm-up (default: constant).
+    #[arg(long)]
+    cosine: bool,
+    /// Decay of the EMA of the weights; 0 turns the EMA off.
+    #[arg(long, default_value_t = 0.999)]
+    ema: f64,
+    /// Fraction of batches that are single images.
+    #[arg(long, default_value_t = 0.2)]
+    image_fraction: f64,
+    /// Chance that a clip gets 1 or 2 clean past latent frames (frame prediction, p_fp).
+    #[arg(long, default_value_t = 0.5)]
+    frame_prediction: f64,
+    /// Chance that a prompt is dropped (classifier-free guidance).
+    #[arg(long, default_value_t = 0.1)]
+    text_dropout: f64,
+    /// Chance that a batch trains with self-conditioning.
+    #[arg(long, default_value_t = 0.5)]
+    self_condition: f64,
+    /// Seed of the data stream and the initialisation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output folder: becomes a pipeline folder (`sample --model` it).
+    #[arg(long, default_value = "runs/denoiser-tiny")]
+    out: PathBuf,
+    /// Continue from --out/denoiser.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    /// A progress line every this many steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceKind,
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    let config = match args.preset.as_str() {
+        "tiny" => DenoiserConfig::tiny(),
+        "small" => DenoiserConfig::small(),
+        "base" => DenoiserConfig::base(),
+        other => bail!("unknown --preset {other:?}: tiny, small or base"),
+    };
+    let options = TrainDenoiserOptions {
+        width: args.size.width,
+        height: args.size.height,
+        fps: args.fps,
+        window: args.window,
+        lead: args.lead,
+        batch: args.batch,
+        steps: args.steps,
+        image_fraction: args.image_fraction,
+        frame_prediction: args.frame_prediction,
+        text_dropout: args.text_dropout,
+        self_condition: args.self_condition,
+        seed: args.seed,
+        resume: args.resume,
+        checkpoint_every: args.checkpoint_every,
+        log_every: args.log_every,
+        ..TrainDenoiserOptions::new(config, &args.vae, args.text.clone().unwrap_or_else(default_dir), &args.out)
+    }
+    .with_optim(|o| Optimisation {
+        lr: args.lr,
+        warmup: args.warmup,
+        schedule: if args.cosine { LrSchedule::Cosine } else { LrSchedule::Constant },
+        ema_decay: (args.ema > 0.0).then_some(args.ema),
+        ..o
+    });
+    on_device!(args.device, train_on, autodiff, &options)
+}
+
+fn train_on<B: AutodiffBackend>(device: &B::Device, options: &TrainDenoiserOptions) -> Result<()> {
+    let summary = train_denoiser::<B>(options, device)?;
+    if let (Some(first), Some(last)) = (summary.rows.first(), summary.rows.last()) {
+        println!(
+            "steps {}..{}: loss {:.5} → {:.5}, {:.2} samples/s; wrote {}",
+            summary.start_step,
+            summary.end_step,
+            first.loss,
+            last.loss,
+            summary.samples_per_second,
+            options.out.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct SampleArgs {
+    /// A pipeline folder (what `train` writes).
+    #[arg(long)]
+    model: PathBuf,
+    /// What to show.
+    #[arg(long)]
+    prompt: String,
+    /// Length of the video.
+    #[arg(long, default_value_t = 4.0)]
+    seconds: f64,
+    /// MP4 output (needs the `gst` feature).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// PNG contact sheet of 12 frames spread over the video.
+    #[arg(long)]
+    contact_sheet: Option<PathBuf>,
+    /// DDIM steps per chunk.
+    #[arg(long, default_value_t = 16)]
+    steps: usize,
+    /// DDIM η (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Classifier-free guidance scale of the text.
+    #[arg(long, default_value_t = 3.0)]
+    text_guidance: f64,
+    /// Classifier-free guidance scale of the past frames.
+    #[arg(long, default_value_t = 1.0)]
+    context_guidance: f64,
+    /// How chunks use the frames before them: replacement, conditioned or guided.
+    #[arg(long, default_value = "conditioned")]
+    mode: String,
+    /// Reconstruction-guidance weight (mode guided).
+    #[arg(long, default_value_t = 2.0)]
+    guidance_weight: f64,
+    /// Past latent frames each chunk is conditioned on.
+    #[arg(long, default_value_t = 2)]
+    context: usize,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    no_ema: bool,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// all-MiniLM-L6-v2 folder (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceKind,
+}
+
+pub fn sample(args: SampleArgs) -> Result<()> {
+    if args.out.is_none() && args.contact_sheet.is_none() {
+        bail!("nothing to write: give --out clip.mp4 and/or --contact-sheet sheet.png");
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
+        bail!("--seconds must be in (0, 86400]");
+    }
+    let mode = match args.mode.as_str() {
+        "replacement" => ExtendMode::Replacement,
+        "conditioned" => ExtendMode::Conditioned,
+        "guided" => ExtendMode::Guided { weight: args.guidance_weight },
+        other => bail!("unknown --mode {other:?}: replacement, conditioned or guided"),
+    };
+    let settings = SamplerSettings {
+        steps: args.steps.max(1),
+        eta: args.eta,
+        guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
+        mode,
+    };
+    on_device!(args.device, sample_on, &args, &settings)
+}
+
+fn sample_on<B: Backend>(device: &B::Device, args: &SampleArgs, settings: &SamplerSettings) -> Result<()> {
+    let started = Instant::now();
+    let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
+    let text_dir = args.text.clone().unwrap_or_else(default_dir);
+    let text = TextEncoder::<B>::load(&text_dir, device)
+        .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;
+    let spec = &pipeline.spec;
+    let size = Size { width: spec.width, height: spec.height };
+    let wanted = (args.seconds * spec.fps).round().max(1.0) as usize;
+    let k = args.context.min(spec.window - 1);
+    let embedding = text.embed(&args.prompt);
+    eprintln!("loaded {} in {:.1} s", args.model.display(), started.elapsed().as_secs_f64());
+
+    let started = Instant::now();
+    let mut stream: Option<Tensor<B, 4>> = None; // [c, L, h, w]
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut chunk = 0u64;
+    let mut decoder = StreamState::default();
+    while frames.len() < wanted {
+        let len = stream.as_ref().map_or(0, |s| s.dims()[1]);
+        let context = stream.as_ref().filter(|_| k > 0).map(|s| s.clone().narrow(1, len - k.min(len), k.min(len)));
+        let request = ChunkRequest { seed: args.seed, chunk, context, text: embedding.clone() };
+        let new = pipeline.generate(std::slice::from_ref(&request), settings).remove(0);
+        let video = pipeline.decode_stream(new.clone().unsqueeze_dim(0), &mut decoder);
+        frames.extend(endless_model::data::video_frames(video).remove(0));
+        stream = Some(match stream {
+            Some(s) => Tensor::cat(vec![s, new], 1),
+            None => new,
+        });
+        chunk += 1;
+    }
+    frames.truncate(wanted);
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} frames ({:.1} s of video) in {chunk} chunks, {seconds:.1} s: {:.2}× real time",
+        frames.len(),
+        frames.len() as f64 / spec.fps,
+        frames.len() as f64 / spec.fps / seconds
+    );
+    if let Some(path) = &args.contact_sheet {
+        let picks: Vec<usize> = (0..12).map(|i| i * (frames.len() - 1) / 11).collect();
+        let picked: Vec<Vec<u8>> = picks.iter().map(|&i| frames[i].clone()).collect();
+        let (sheet, rgb) = contact_sheet(&picked, size, 4, 4);
+        write_png(path, sheet, &rgb).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.out {
+        let n = write_mp4(path, size, spec.fps, frames.into_iter())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} ({n} frames)", path.display());
+    }
+    Ok(())
+}

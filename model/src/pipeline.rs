@@ -1,0 +1,319 @@
+//! A trained generator: the VAE, the denoiser and how they fit together, and the chunk-by-chunk
+//! generation of a stream.
+//!
+//! A pipeline folder holds `vae.safetensors`, `denoiser.safetensors` (and `denoiser-ema`),
+//! each with its JSON config, and `pipeline.json` ([`PipelineSpec`]): frame size and rate, the
+//! denoiser's window in latent frames, the latents' normalisation and the noise schedule.
+//!
+//! **Chunks.** A stream is a sequence of latent frames: the first stands for one video frame,
+//! every later one for `f = 4`. A chunk denoises a window of `window` latent frames whose first
+//! `k` are given clean (the last `k` latents of the stream so far) and appends the other
+//! `window − k`. Modes ([`ExtendMode`]): *replacement* (VDM's baseline: the given frames enter
+//! only as `q(z_t | x)` samples in the noisy input), *conditioned* (also clean in the context
+//! channels with their mask, W.A.L.T's frame prediction), and conditioned plus reconstruction
+//! guidance (needs autodiff; [`crate::guidance`]). Every request in a batch draws its noise
+//! from its own counter-based stream `(seed, chunk)`, so a chunk is the same whichever other
+//! sessions share the batch.
+//!
+//! **Decoding.** The VAE decoder is causal: [`Pipeline::decode_stream`] decodes each chunk's
+//! new latents with the stream's [`StreamState`] (the past frames of every temporal
+//! convolution), which gives the frames of one decode of the whole stream — no seam.
+
+use crate::checkpoint;
+use crate::diffusion::{Ddim, Guidance, Schedule, gaussian};
+use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContext, TextCondition};
+use crate::text::{TextBatch, TextEmbedding};
+use crate::vae::{StreamState, Vae, VaeConfig};
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+pub const VAE_FILE: &str = "vae.safetensors";
+pub const DENOISER_FILE: &str = "denoiser.safetensors";
+pub const DENOISER_EMA_FILE: &str = "denoiser-ema.safetensors";
+pub const SPEC_FILE: &str = "pipeline.json";
+
+/// How the VAE and the denoiser were trained together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineSpec {
+    pub width: usize,
+    pub height: usize,
+    pub fps: f64,
+    /// Latent frames the denoiser sees at once.
+    pub window: usize,
+    /// The denoiser works on `(latent − mean) / std`.
+    pub latent_mean: f64,
+    pub latent_std: f64,
+    pub schedule: Schedule,
+}
+
+impl PipelineSpec {
+    pub fn load(dir: &Path) -> Result<PipelineSpec> {
+        let path = dir.join(SPEC_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(SPEC_FILE);
+        let text = serde_json::to_string_pretty(self).expect("the spec serialises");
+        std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// How a chunk uses the frames before it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtendMode {
+    /// VDM's replacement: the past frames only as noised latents in the input.
+    Replacement,
+    /// Replacement plus the clean past frames in the context channels (W.A.L.T).
+    Conditioned,
+    /// Conditioned plus reconstruction guidance of this weight (Ho et al. 2022).
+    Guided { weight: f64 },
+}
+
+impl ExtendMode {
+    fn conditions(&self) -> bool {
+        !matches!(self, ExtendMode::Replacement)
+    }
+}
+
+/// Sampling settings of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplerSettings {
+    pub steps: usize,
+    /// DDIM η.
+    pub eta: f64,
+    pub guidance: Guidance,
+    pub mode: ExtendMode,
+}
+
+impl Default for SamplerSettings {
+    fn default() -> Self {
+        SamplerSettings {
+            steps: 16,
+            eta: 0.0,
+            guidance: Guidance { text: 3.0, context: 1.0 },
+            mode: ExtendMode::Conditioned,
+        }
+    }
+}
+
+/// One stream's chunk to generate.
+#[derive(Debug, Clone)]
+pub struct ChunkRequest<B: Backend> {
+    /// The stream's seed and the chunk's index: its noise stream.
+    pub seed: u64,
+    pub chunk: u64,
+    /// `[c, k, h, w]`: the last `k < window` normalised latents of the stream; `None` for the
+    /// first chunk.
+    pub context: Option<Tensor<B, 4>>,
+    /// The prompt, as the text encoder gives it (possibly a blend).
+    pub text: Arc<TextEmbedding>,
+}
+
+/// A loaded pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline<B: Backend> {
+    pub spec: PipelineSpec,
+    pub vae: Vae<B>,
+    pub vae_config: VaeConfig,
+    pub denoiser: Denoiser<B>,
+    pub denoiser_config: DenoiserConfig,
+}
+
+impl<B: Backend> Pipeline<B> {
+    /// Loads the folder `dir`; `ema` picks the EMA weights of the denoiser when present.
+    pub fn load(dir: &Path, ema: bool, device: &B::Device) -> Result<Pipeline<B>> {
+        let spec = PipelineSpec::load(dir)?;
+        let vae_path = dir.join(VAE_FILE);
+        let vae_config: VaeConfig = checkpoint::read_config(&vae_path)?;
+        let vae = checkpoint::load(vae_config.init(device), &vae_path, device)?;
+        let ema_path = dir.join(DENOISER_EMA_FILE);
+        let path = if ema && checkpoint::config_path(&ema_path).exists() { ema_path } else { dir.join(DENOISER_FILE) };
+        let denoiser_config: DenoiserConfig = checkpoint::read_config(&path)?;
+        let denoiser = checkpoint::load(denoiser_config.init(device), &path, device)?;
+        if denoiser_config.latent_channels != vae_config.latent_channels {
+            bail!(
+                "{}: the denoiser takes {} latent channels, the VAE gives {}",
+                dir.display(),
+                denoiser_config.latent_channels,
+                vae_config.latent_channels
+            );
+        }
+        Ok(Pipeline { spec, vae, vae_config, denoiser, denoiser_config })
+    }
+
+    /// `[c, h, w]` of one latent frame.
+    pub fn latent_frame(&self) -> [usize; 3] {
+        let s = self.vae_config.spatial_factor();
+        [self.vae_config.latent_channels, self.spec.height / s, self.spec.width / s]
+    }
+
+    /// Video frames per latent frame after the first.
+    pub fn temporal_factor(&self) -> usize {
+        self.vae_config.temporal_factor()
+    }
+
+    /// Normalised latents `[b, c, t, h, w]` of a video `[b, 3, 1 + 4k, H, W]` in [-1, 1].
+    pub fn encode(&self, video: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (mean, _) = self.vae.encode(video);
+        mean.sub_scalar(self.spec.latent_mean).div_scalar(self.spec.latent_std)
+    }
+
+    /// Video frames `[b, 3, t, H, W]` of normalised latents `[b, c, t', h, w]`, decoded alone.
+    pub fn decode(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.vae.decode(self.denormalise(latents))
+    }
+
+    /// The frames of the next normalised latents `[b, c, n, h, w]` of a stream whose decoder
+    /// state is `state` (one per stream, starting from `StreamState::default()`): `1 + 4(n − 1)`
+    /// frames for the first chunk, `4n` after, seamless.
+    pub fn decode_stream(&self, latents: Tensor<B, 5>, state: &mut StreamState<B>) -> Tensor<B, 5> {
+        self.vae.decode_stream(self.denormalise(latents), state)
+    }
+
+    fn denormalise(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
+        latents.mul_scalar(self.spec.latent_std).add_scalar(self.spec.latent_mean)
+    }
+
+    /// The noise of `request`'s chunk for `frames` latent frames, stream `stream`.
+    fn noise(&self, request: &ChunkRequest<B>, stream: u64, frames: usize, device: &B::Device) -> Tensor<B, 4> {
+        let [c, h, w] = self.latent_frame();
+        let seed = crate::world::noise_hash(request.seed, request.chunk as i64, 1);
+        Tensor::from_data(TensorData::new(gaussian(seed, stream, c * frames * h * w), [c, frames, h, w]), device)
+    }
+
+    /// The guided v̂ of one denoising step of a batch: runs the guided passes as one batch of
+    /// the denoiser and combines them.
+    #[allow(clippy::too_many_arguments)]
+    fn guided_v(
+        &self,
+        settings: &SamplerSettings,
+        z: Tensor<B, 5>,
+        t: f64,
+        self_cond: Option<Tensor<B, 5>>,
+        context: &Option<FrameContext<B>>,
+        text: &TextCondition<B>,
+        device: &B::Device,
+    ) -> Tensor<B, 5> {
+        let b = z.dims()[0];
+        let g = settings.guidance;
+        // Passes: full (context, text), context only, and null when the context is guided.
+        let mut passes = vec![(true, true)];
+        if g.text != 1.0 || g.context != 1.0 {
+            passes.push((true, false));
+        }
+        if g.context != 1.0 {
+            passes.push((false, false));
+        }
+        let n = passes.len();
+        let repeat = |x: &Tensor<B, 5>| Tensor::cat(vec![x.clone(); n], 0);
+        let z_all = repeat(&z);
+        let drop: Vec<bool> = passes.iter().flat_map(|&(_, text)| std::iter::repeat_n(!text, b)).collect();
+        let text_all = TextCondition {
+            tokens: Tensor::cat(vec![text.tokens.clone(); n], 0),
+            padding_mask: Tensor::cat(vec![text.padding_mask.clone(); n], 0),
+            pooled: Tensor::cat(vec![text.pooled.clone(); n], 0),
+        }
+        .drop_where(Tensor::from_data(TensorData::new(drop, [n * b]), device));
+        let context_all = context.as_ref().map(|c| {
+            let tt = c.frame_mask.dims()[1];
+            let keep: Vec<bool> = passes.iter().flat_map(|&(ctx, _)| std::iter::repeat_n(ctx, b * tt)).collect();
+            let keep = Tensor::<B, 2, Bool>::from_data(TensorData::new(keep, [n * b, tt]), device);
+            FrameContext {
+                latents: repeat(&c.latents),
+                frame_mask: Tensor::cat(vec![c.frame_mask.clone(); n], 0).bool_and(keep),
+            }
+        });
+        let input = DenoiserInput {
+            z_t: z_all,
+            t: Tensor::full([n * b], t, device),
+            self_cond: self_cond.map(|s| repeat(&s)),
+            context: context_all,
+            condition: Condition::Text(text_all),
+        };
+        let v = self.denoiser.forward(input);
+        let mut parts = v.chunk(n, 0).into_iter();
+        let full = parts.next().expect("the full pass");
+        match (parts.next(), parts.next()) {
+            (None, _) => full,
+            (Some(context_only), None) => {
+                Guidance { context: 1.0, ..g }.combine(context_only.clone(), context_only, full)
+            }
+            (Some(context_only), Some(null)) => g.combine(null, context_only, full),
+        }
+    }
+
+    /// Generates one chunk for every request, batched: returns each request's new normalised
+    /// latents `[c, window − k, h, w]`.
+    ///
+    /// # Panics
+    /// If a context has `window` frames or more, or the wrong shape.
+    pub fn generate(&self, requests: &[ChunkRequest<B>], settings: &SamplerSettings) -> Vec<Tensor<B, 4>> {
+        let device = self.denoiser.patch_embedding.weight.device();
+        let [c, h, w] = self.latent_frame();
+        let t = self.spec.window;
+        let b = requests.len();
+        if b == 0 {
+            return Vec::new();
+        }
+        let given: Vec<usize> = requests.iter().map(|r| r.context.as_ref().map_or(0, |x| x.dims()[1])).collect();
+        assert!(given.iter().all(|&k| k < t), "a context of {given:?} frames leaves no room in a window of {t}");
+        // Clean context, zero-padded to the window, and its mask.
+        let clean = Tensor::stack::<5>(
+            requests
+                .iter()
+                .zip(&given)
+                .map(|(r, &k)| match &r.context {
+                    Some(x) if k > 0 => Tensor::cat(vec![x.clone(), Tensor::zeros([c, t - k, h, w], &device)], 1),
+                    _ => Tensor::zeros([c, t, h, w], &device),
+                })
+                .collect(),
+            0,
+        );
+        let mask_values: Vec<bool> = given.iter().flat_map(|&k| (0..t).map(move |i| i < k)).collect();
+        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask_values, [b, t]), &device);
+        let mask5 = mask.clone().reshape([b, 1, t, 1, 1]).expand([b, c, t, h, w]);
+        let any_context = given.iter().any(|&k| k > 0);
+        let context = (any_context && settings.mode.conditions())
+            .then(|| FrameContext { latents: clean.clone(), frame_mask: mask.clone() });
+        let text = TextCondition::from(TextBatch::<B>::from_embeddings(
+            &requests.iter().map(|r| r.text.clone()).collect::<Vec<_>>(),
+            &device,
+        ));
+        let per_request =
+            |stream: u64| Tensor::stack::<5>(requests.iter().map(|r| self.noise(r, stream, t, &device)).collect(), 0);
+        let ddim = Ddim { schedule: self.spec.schedule, steps: settings.steps, eta: settings.eta };
+        // Replacement: the given frames as q(z_t | x) before every step.
+        let replace = |z: Tensor<B, 5>, time: f64, index: usize| {
+            if !any_context {
+                return z;
+            }
+            let co = self.spec.schedule.at(time);
+            let noised = clean.clone().mul_scalar(co.alpha) + per_request(2 + index as u64).mul_scalar(co.sigma);
+            z.mask_where(mask5.clone(), noised)
+        };
+        let mut index = 0;
+        let z = ddim.sample(
+            per_request(0),
+            |z, time, self_cond| {
+                let z = replace(z, time, index);
+                index += 1;
+                self.guided_v(settings, z, time, self_cond, &context, &text, &device)
+            },
+            |i| per_request(1_000_000 + i as u64),
+            |_, _| {},
+        );
+        requests
+            .iter()
+            .zip(&given)
+            .enumerate()
+            .map(|(i, (_, &k))| z.clone().narrow(0, i, 1).reshape([c, t, h, w]).narrow(1, k, t - k))
+            .collect()
+    }
+}

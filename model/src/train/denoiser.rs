@@ -1,0 +1,471 @@
+//! Training the denoiser on VAE latents of the procedural world.
+//!
+//! Every step's batch is rendered and encoded on a feeder thread (the frozen VAE and the text
+//! encoder on the inner, non-autodiff backend) while the previous step trains. A batch of step
+//! `s` is a pure function of `(seed, s)`: its clips, captions, window, diffusion times, noise,
+//! dropout and frame-prediction draws all come from counter-based hashes, so a run is
+//! deterministic for a seed and a resumed run equals a straight one.
+//!
+//! - **Windows from the middle of streams.** A clip of `lead + window` latent frames is encoded
+//!   and a window of `window` latent frames starts at a random offset in `0..=lead`. A stream
+//!   extended chunk by chunk shows the denoiser windows whose first latent frame stands for four
+//!   video frames, not an image; training on both kinds keeps generation in distribution.
+//! - **Joint image–video.** A fraction of the batches are single images (one latent frame).
+//! - **Frame prediction** (W.A.L.T): with probability `frame_prediction` a clip gets its first
+//!   1 or 2 latent frames as clean context (the context channels and mask); otherwise none,
+//!   which is also the null condition of past-frame guidance. The loss covers every frame —
+//!   context frames too, so x̂ of the context is meaningful for reconstruction guidance.
+//! - **Text dropout** replaces a prompt by the null prompt with probability `text_dropout`
+//!   (classifier-free guidance).
+//! - **Self-conditioning** (Chen et al. 2022): with probability `self_condition` a batch first
+//!   runs without it, and the detached x̂ of that pass is fed to the trained pass.
+//! - **v-prediction**, MSE, times uniform in `[0, 1]` through the resolution-shifted cosine
+//!   schedule.
+//!
+//! The output folder is a whole pipeline ([`crate::pipeline`]): `denoiser.safetensors` (+ JSON
+//! with the step and the latent statistics), `denoiser-ema.safetensors`, a copy of the VAE,
+//! `pipeline.json`, `optim.bin`, `loss.csv` and `loss.png`.
+
+use super::common::{Feeder, Optim, Optimisation, ema_update, load_optim, param_ids, save_optim};
+use super::plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
+use super::vae::TrainSummary;
+use crate::checkpoint::{self, Precision};
+use crate::data::video_tensor;
+use crate::diffusion::{Schedule, gaussian};
+use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContext, TextCondition};
+use crate::pipeline::{DENOISER_EMA_FILE, DENOISER_FILE, PipelineSpec, VAE_FILE};
+use crate::text::{TextBatch, TextEmbedding, TextEncoder};
+use crate::vae::{Vae, VaeConfig};
+use crate::world::{ClipOptions, ClipSampler, Split, noise_hash};
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::ElementConversion;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Tensor, TensorData};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a denoiser training run needs.
+#[derive(Clone, Debug)]
+pub struct TrainDenoiserOptions {
+    /// The model; its `latent_channels` is set from the VAE. On resume the checkpoint's config
+    /// is used instead.
+    pub config: DenoiserConfig,
+    /// The trained VAE checkpoint (`vae.safetensors` with its JSON beside); frozen.
+    pub vae: PathBuf,
+    /// The all-MiniLM-L6-v2 folder.
+    pub text: PathBuf,
+    pub width: usize,
+    pub height: usize,
+    pub fps: f64,
+    /// Latent frames the denoiser sees at once.
+    pub window: usize,
+    /// Extra latent frames before the window: windows start at a random offset up to this.
+    pub lead: usize,
+    /// Chance that a clip has an attribute transition.
+    pub transition_probability: f64,
+    pub batch: usize,
+    /// The step to stop at (a resumed run continues from its checkpoint's step up to this).
+    pub steps: usize,
+    pub optim: Optimisation,
+    /// Fraction of batches that are single-frame images.
+    pub image_fraction: f64,
+    /// Chance that a video clip gets 1 or 2 clean past latent frames (W.A.L.T's p_fp).
+    pub frame_prediction: f64,
+    /// Chance that a prompt is replaced by the null prompt.
+    pub text_dropout: f64,
+    /// Chance that a batch trains with self-conditioning.
+    pub self_condition: f64,
+    /// Latent side at which the cosine schedule is used unshifted.
+    pub schedule_base: usize,
+    /// Batches encoded to estimate the latents' mean and standard deviation.
+    pub stats_batches: usize,
+    pub seed: u64,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Continue from `out/denoiser.safetensors` if it exists.
+    pub resume: bool,
+    /// Checkpoint every this many steps (and at the end); 0: only at the end.
+    pub checkpoint_every: usize,
+    /// A progress line on stderr every this many steps; 0: none.
+    pub log_every: usize,
+}
+
+impl TrainDenoiserOptions {
+    /// Defaults: 64×64 at 8 fps, windows of 4 latent frames with a lead of 2, batch 4, 1000
+    /// steps, lr 3e-4 after 100 steps of warm-up, clip 1.0, EMA 0.999, a fifth of the batches
+    /// images, p_fp 0.5, text dropout 0.1, self-conditioning on half the batches.
+    pub fn new(
+        config: DenoiserConfig,
+        vae: impl Into<PathBuf>,
+        text: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        TrainDenoiserOptions {
+            config,
+            vae: vae.into(),
+            text: text.into(),
+            width: 64,
+            height: 64,
+            fps: 8.0,
+            window: 4,
+            lead: 2,
+            transition_probability: 0.3,
+            batch: 4,
+            steps: 1000,
+            optim: Optimisation {
+                lr: 3e-4,
+                warmup: 100,
+                schedule: super::LrSchedule::Constant,
+                grad_clip: 1.0,
+                weight_decay: 0.0,
+                ema_decay: Some(0.999),
+            },
+            image_fraction: 0.2,
+            frame_prediction: 0.5,
+            text_dropout: 0.1,
+            self_condition: 0.5,
+            schedule_base: 8,
+            stats_batches: 4,
+            seed: 1,
+            out: out.into(),
+            resume: false,
+            checkpoint_every: 500,
+            log_every: 10,
+        }
+    }
+
+    /// These options with the optimiser's settings changed by `f`.
+    pub fn with_optim(self, f: impl FnOnce(Optimisation) -> Optimisation) -> Self {
+        TrainDenoiserOptions { optim: f(self.optim), ..self }
+    }
+
+    /// A uniform number in [0, 1) for draw `k` of item `i` of step `step`.
+    fn uniform(&self, step: i64, i: usize, k: i64) -> f64 {
+        let h = noise_hash(noise_hash(self.seed, step, 11), i as i64, k);
+        (h >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn validate(&self, vae: &VaeConfig) -> Result<()> {
+        let s = vae.spatial_factor();
+        if self.width == 0 || self.height == 0 || !self.width.is_multiple_of(s) || !self.height.is_multiple_of(s) {
+            bail!("{}x{} is not a multiple of {s}", self.width, self.height);
+        }
+        let p = self.config.patch_size;
+        if !(self.width / s).is_multiple_of(p) || !(self.height / s).is_multiple_of(p) {
+            bail!("latents of {}x{} are not a multiple of the patch size {p}", self.width / s, self.height / s);
+        }
+        if self.window == 0 || self.window > self.config.max_frames {
+            bail!("--window {} must be in 1..={}", self.window, self.config.max_frames);
+        }
+        if self.width.max(self.height) / s > self.config.max_latent_size {
+            bail!("{}x{} is larger than the model's {} latents", self.width, self.height, self.config.max_latent_size);
+        }
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        for (name, p) in [
+            ("image fraction", self.image_fraction),
+            ("frame-prediction probability", self.frame_prediction),
+            ("text dropout", self.text_dropout),
+            ("self-conditioning probability", self.self_condition),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("the {name} must be in [0, 1]");
+            }
+        }
+        self.optim.validate()
+    }
+
+    /// The diffusion schedule of these latents.
+    pub fn schedule(&self, vae: &VaeConfig) -> Schedule {
+        let side = self.width.max(self.height) / vae.spatial_factor();
+        Schedule::for_resolution(side, self.schedule_base)
+    }
+}
+
+/// One batch as the feeder prepares it: raw (unnormalised) latents and the prompts.
+struct Batch {
+    /// `[b, c, t, h, w]`
+    latents: TensorData,
+    embeddings: Vec<Arc<TextEmbedding>>,
+}
+
+/// Renders and encodes batches: lives on the feeder thread.
+struct Encoder<B: Backend> {
+    o: TrainDenoiserOptions,
+    vae: Vae<B>,
+    vae_config: VaeConfig,
+    text: Arc<TextEncoder<B>>,
+    device: B::Device,
+}
+
+impl<B: Backend> Encoder<B> {
+    /// The batch drawn with `seed` (a step's, or a statistics batch's).
+    fn batch(&self, seed: u64, step: i64) -> Batch {
+        let o = &self.o;
+        let image = o.uniform(step, 0, 1) < o.image_fraction;
+        let f = self.vae_config.temporal_factor();
+        let (latent_frames, window) = if image { (1, 1) } else { (o.lead + o.window, o.window) };
+        let options = ClipOptions {
+            width: o.width,
+            height: o.height,
+            fps: o.fps,
+            frames: 1 + f * (latent_frames - 1),
+            transition_probability: o.transition_probability,
+        };
+        let mut sampler = ClipSampler::new(Split::Train, seed);
+        let clips: Vec<_> = (0..o.batch).map(|_| sampler.next_clip(&options)).collect();
+        let frames: Vec<Vec<Vec<u8>>> = clips.par_iter().map(|c| c.render(false)).collect();
+        let video = video_tensor::<B>(&frames, o.width, o.height, &self.device);
+        let (mean, _) = self.vae.encode(video);
+        let start = if image { 0 } else { (o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize };
+        let latents = mean.narrow(2, start.min(o.lead), window).into_data();
+        let embeddings = clips.iter().map(|c| self.text.embed(&c.caption())).collect();
+        Batch { latents, embeddings }
+    }
+}
+
+/// The latents' mean and standard deviation over `n` batches (all elements pooled).
+fn latent_stats<B: Backend>(encoder: &Encoder<B>, n: usize) -> (f64, f64) {
+    let mut values = Vec::new();
+    for i in 0..n.max(1) {
+        let b = encoder.batch(noise_hash(encoder.o.seed, -(i as i64) - 2, 5), -(i as i64) - 2);
+        values.extend(b.latents.convert::<f32>().into_vec::<f32>().expect("f32 latents"));
+    }
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
+    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / values.len() as f64;
+    (mean, var.sqrt().max(1e-6))
+}
+
+/// A run's state between steps.
+struct Run<B: AutodiffBackend> {
+    config: DenoiserConfig,
+    spec: PipelineSpec,
+    model: Denoiser<B>,
+    optim: Optim<Denoiser<B>, B>,
+    ema: Option<Denoiser<B::InnerBackend>>,
+    step: usize,
+    samples_seen: u64,
+    rows: Vec<LossRow>,
+}
+
+impl<B: AutodiffBackend> Run<B> {
+    fn save(&self, o: &TrainDenoiserOptions) -> Result<()> {
+        let meta = serde_json::json!({
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "seed": o.seed,
+            "latent_mean": self.spec.latent_mean,
+            "latent_std": self.spec.latent_std,
+        });
+        save_optim(&self.optim, &self.model, &o.out.join("optim"))?;
+        if let Some(ema) = &self.ema {
+            checkpoint::save(ema, &self.config, &meta, &o.out.join(DENOISER_EMA_FILE), Precision::F32)?;
+        }
+        self.spec.save(&o.out)?;
+        // The model's JSON comes last: a checkpoint with it is complete.
+        checkpoint::save(&self.model, &self.config, &meta, &o.out.join(DENOISER_FILE), Precision::F32)?;
+        write_loss_csv(&self.rows, &o.out.join("loss.csv"))?;
+        write_loss_plot(&self.rows, &o.out.join("loss.png"), 640, 360)?;
+        Ok(())
+    }
+}
+
+/// Copies the VAE checkpoint (weights and JSON) into the pipeline folder, unless it is there.
+fn copy_vae(from: &Path, out: &Path) -> Result<()> {
+    let to = out.join(VAE_FILE);
+    if from.canonicalize().ok() == to.canonicalize().ok() {
+        return Ok(());
+    }
+    for (a, b) in [(from.to_path_buf(), to.clone()), (checkpoint::config_path(from), checkpoint::config_path(&to))] {
+        std::fs::copy(&a, &b).with_context(|| format!("copying {} to {}", a.display(), b.display()))?;
+    }
+    Ok(())
+}
+
+/// Trains a denoiser as `o` says; `o.out` becomes a pipeline folder.
+pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::Device) -> Result<TrainSummary> {
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let vae_config: VaeConfig = checkpoint::read_config(&o.vae)?;
+    let vae: Vae<B::InnerBackend> = checkpoint::load(vae_config.init(device), &o.vae, device)?;
+    let text = Arc::new(
+        TextEncoder::<B::InnerBackend>::load(&o.text, device)
+            .with_context(|| format!("loading the text encoder from {}", o.text.display()))?,
+    );
+    let ckpt = o.out.join(DENOISER_FILE);
+    let resuming = o.resume && checkpoint::config_path(&ckpt).exists();
+    let config = if resuming {
+        checkpoint::read_config(&ckpt)?
+    } else {
+        o.config.clone().with_latent_channels(vae_config.latent_channels).with_text_dim(text.dim())
+    };
+    let o = &TrainDenoiserOptions { config: config.clone(), ..o.clone() };
+    o.validate(&vae_config)?;
+    let encoder = Encoder { o: o.clone(), vae, vae_config: vae_config.clone(), text, device: device.clone() };
+
+    let adamw = o.optim.adamw();
+    let mut run = if resuming {
+        let info = checkpoint::read_info(&ckpt)?;
+        let step = info.meta["step"].as_u64().context("checkpoint meta without a step")? as usize;
+        if info.meta["seed"].as_u64() != Some(o.seed) {
+            bail!("{} was trained with seed {}, not {}", ckpt.display(), info.meta["seed"], o.seed);
+        }
+        let spec = PipelineSpec::load(&o.out)?;
+        let model: Denoiser<B> = checkpoint::load(config.init(device), &ckpt, device)?;
+        let optim = load_optim(adamw.init::<B, Denoiser<B>>(), &model, &o.out.join("optim.bin"), device)?;
+        let ema_path = o.out.join(DENOISER_EMA_FILE);
+        let ema = match o.optim.ema_decay {
+            Some(_) if ema_path.exists() => Some(checkpoint::load(config.init(device), &ema_path, device)?),
+            Some(_) => Some(model.valid()),
+            None => None,
+        };
+        let csv = o.out.join("loss.csv");
+        let mut rows = if csv.exists() { read_loss_csv(&csv)? } else { Vec::new() };
+        rows.retain(|r| r.step < step);
+        let samples_seen = info.meta["samples_seen"].as_u64().unwrap_or(0);
+        eprintln!("resuming {} at step {step} ({samples_seen} samples seen)", ckpt.display());
+        Run { config: config.clone(), spec, model, optim, ema, step, samples_seen, rows }
+    } else {
+        let started = Instant::now();
+        let (latent_mean, latent_std) = latent_stats(&encoder, o.stats_batches);
+        eprintln!(
+            "latents: mean {latent_mean:.4}, std {latent_std:.4} over {} batches ({:.1} s)",
+            o.stats_batches,
+            started.elapsed().as_secs_f64()
+        );
+        copy_vae(&o.vae, &o.out)?;
+        let spec = PipelineSpec {
+            width: o.width,
+            height: o.height,
+            fps: o.fps,
+            window: o.window,
+            latent_mean,
+            latent_std,
+            schedule: o.schedule(&vae_config),
+        };
+        B::seed(device, noise_hash(o.seed, -1, 0));
+        let model: Denoiser<B> = config.init(device);
+        param_ids(&model); // initialise every parameter now, from the seed
+        let ema = o.optim.ema_decay.map(|_| model.valid());
+        let optim = adamw.init::<B, Denoiser<B>>();
+        Run { config: config.clone(), spec, model, optim, ema, step: 0, samples_seen: 0, rows: Vec::new() }
+    };
+    let start = run.step;
+    if start >= o.steps {
+        eprintln!("nothing to do: the checkpoint is at step {start}, --steps is {}", o.steps);
+        return Ok(TrainSummary { start_step: start, end_step: start, rows: Vec::new(), samples_per_second: 0.0 });
+    }
+
+    let seed = o.seed;
+    let mut feeder =
+        Feeder::start(start..o.steps, move |step| encoder.batch(noise_hash(seed, step as i64, 1), step as i64));
+    let first_row = run.rows.len();
+    let run_started = Instant::now();
+    let (mut window_started, mut window_samples) = (Instant::now(), 0u64);
+    while run.step < o.steps {
+        let step = run.step;
+        let batch = feeder.next(step)?;
+        let latents = Tensor::<B, 5>::from_data(batch.latents, device)
+            .sub_scalar(run.spec.latent_mean)
+            .div_scalar(run.spec.latent_std);
+        let t = latents.dims()[2];
+        let loss = step_loss(o, &run.model, &run.spec.schedule, latents, &batch.embeddings, step);
+        let grads = GradientsParams::from_grads(loss.backward(), &run.model);
+        let lr = o.optim.lr_at(step, o.steps);
+        run.model = run.optim.step(lr, run.model, grads);
+        if let (Some(decay), Some(e)) = (o.optim.ema_decay_at(step), run.ema.take()) {
+            run.ema = Some(ema_update(e, &run.model.valid(), decay));
+        }
+        let value = loss.into_scalar().elem::<f64>();
+        if !value.is_finite() {
+            bail!("the loss is {value} at step {step}");
+        }
+        run.rows.push(LossRow { step, loss: value, recon: value, kl: 0.0 });
+        run.samples_seen += o.batch as u64;
+        window_samples += o.batch as u64;
+        run.step += 1;
+        let step = run.step;
+        if o.log_every > 0 && (step.is_multiple_of(o.log_every) || step == o.steps) {
+            let rate = window_samples as f64 / window_started.elapsed().as_secs_f64();
+            let recent = &run.rows[run.rows.len().saturating_sub(o.log_every)..];
+            let mean = recent.iter().map(|r| r.loss).sum::<f64>() / recent.len() as f64;
+            eprintln!(
+                "step {step}/{} loss {mean:.5} (mean of the last {}) {rate:.2} samples/s lr {lr:.2e} [{t} latent frame{}]",
+                o.steps,
+                recent.len(),
+                if t == 1 { "" } else { "s" }
+            );
+            (window_started, window_samples) = (Instant::now(), 0);
+        }
+        if (o.checkpoint_every > 0 && step.is_multiple_of(o.checkpoint_every)) || step == o.steps {
+            run.save(o)?;
+        }
+    }
+    feeder.finish()?;
+    let samples_per_second = ((run.step - start) * o.batch) as f64 / run_started.elapsed().as_secs_f64();
+    Ok(TrainSummary { start_step: start, end_step: run.step, rows: run.rows[first_row..].to_vec(), samples_per_second })
+}
+
+/// The loss of one batch of normalised latents `x` (`[b, c, t, h, w]`) at `step`.
+pub fn step_loss<B: AutodiffBackend>(
+    o: &TrainDenoiserOptions,
+    model: &Denoiser<B>,
+    schedule: &Schedule,
+    x: Tensor<B, 5>,
+    embeddings: &[Arc<TextEmbedding>],
+    step: usize,
+) -> Tensor<B, 1> {
+    let [b, c, t, h, w] = x.dims();
+    let device = x.device();
+    let step = step as i64;
+    // Diffusion times, stratified over the batch so every batch spans the whole range.
+    let times: Vec<f64> = (0..b).map(|i| (i as f64 + o.uniform(step, i, 3)) / b as f64).collect();
+    let coefficients: Vec<_> = times.iter().map(|&s| schedule.at(s)).collect();
+    let per_sample = |f: &dyn Fn(usize) -> f64| {
+        let v: Vec<f32> = (0..b).map(|i| f(i) as f32).collect();
+        Tensor::<B, 5>::from_data(TensorData::new(v, [b, 1, 1, 1, 1]), &device)
+    };
+    let alpha = per_sample(&|i| coefficients[i].alpha);
+    let sigma = per_sample(&|i| coefficients[i].sigma);
+    let eps_seed = noise_hash(o.seed, step, 12);
+    let eps =
+        Tensor::<B, 5>::from_data(TensorData::new(gaussian(eps_seed, 0, b * c * t * h * w), [b, c, t, h, w]), &device);
+    let z_t = x.clone() * alpha.clone() + eps.clone() * sigma.clone();
+    let target = eps * alpha.clone() - x.clone() * sigma.clone();
+
+    // Frame prediction: 1 or 2 clean past frames for some clips.
+    let mut given = vec![false; b * t];
+    if t > 1 {
+        for i in 0..b {
+            if o.uniform(step, i, 4) < o.frame_prediction {
+                let k = if o.uniform(step, i, 5) < 0.5 || t == 2 { 1 } else { 2 };
+                given[i * t..i * t + k].fill(true);
+            }
+        }
+    }
+    let context = given.iter().any(|&g| g).then(|| FrameContext {
+        latents: x.clone(),
+        frame_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(given, [b, t]), &device),
+    });
+    let dropped: Vec<bool> = (0..b).map(|i| o.uniform(step, i, 6) < o.text_dropout).collect();
+    let text = TextCondition::from(TextBatch::<B>::from_embeddings(embeddings, &device))
+        .drop_where(Tensor::from_data(TensorData::new(dropped, [b]), &device));
+    let t_in = Tensor::<B, 1>::from_data(TensorData::new(times.iter().map(|&s| s as f32).collect(), [b]), &device);
+    let input = |self_cond| DenoiserInput {
+        z_t: z_t.clone(),
+        t: t_in.clone(),
+        self_cond,
+        context: context.clone(),
+        condition: Condition::Text(text.clone()),
+    };
+    let self_cond = (o.uniform(step, 0, 7) < o.self_condition).then(|| {
+        let v = model.forward(input(None)).detach();
+        (z_t.clone() * alpha.clone() - v * sigma.clone()).detach()
+    });
+    let v = model.forward(input(self_cond));
+    (v - target).square().mean()
+}
