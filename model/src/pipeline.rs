@@ -25,6 +25,8 @@ use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContex
 use crate::text::{TextBatch, TextEmbedding};
 use crate::vae::{StreamState, Vae, VaeConfig};
 use anyhow::{Context, Result, bail};
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -298,13 +300,37 @@ impl<B: Backend> Pipeline<B> {
             let noised = clean.clone().mul_scalar(co.alpha) + per_request(2 + index as u64).mul_scalar(co.sigma);
             z.mask_where(mask5.clone(), noised)
         };
+        let guide = matches!(settings.mode, ExtendMode::Guided { .. }).then(|| {
+            <Denoiser<Autodiff<B>> as AutodiffModule<Autodiff<B>>>::from_inner(self.denoiser.clone()).no_grad()
+        });
         let mut index = 0;
         let z = ddim.sample(
             per_request(0),
             |z, time, self_cond| {
                 let z = replace(z, time, index);
                 index += 1;
-                self.guided_v(settings, z, time, self_cond, &context, &text, &device)
+                let v = self.guided_v(settings, z.clone(), time, self_cond.clone(), &context, &text, &device);
+                match (settings.mode, &guide) {
+                    (ExtendMode::Guided { weight }, Some(guide)) if any_context => {
+                        let co = self.spec.schedule.at(time);
+                        let x = z.clone().mul_scalar(co.alpha) - v.mul_scalar(co.sigma);
+                        let g = reconstruction_gradient(
+                            guide,
+                            z.clone(),
+                            time,
+                            co,
+                            self_cond,
+                            &context,
+                            &text,
+                            &clean,
+                            &mask5,
+                        );
+                        // x̃ᵇ = x̂ᵇ − (w_r α_t / 2) ∇_{zᵇ} ‖xᵃ − x̂ᵃ‖², on the frames to generate only.
+                        let g = g.mask_fill(mask5.clone(), 0.0).mul_scalar(weight * co.alpha / 2.0);
+                        (z.mul_scalar(co.alpha) - (x - g)).div_scalar(co.sigma)
+                    }
+                    _ => v,
+                }
             },
             |i| per_request(1_000_000 + i as u64),
             |_, _| {},
@@ -316,4 +342,44 @@ impl<B: Backend> Pipeline<B> {
             .map(|(i, (_, &k))| z.clone().narrow(0, i, 1).reshape([c, t, h, w]).narrow(1, k, t - k))
             .collect()
     }
+}
+
+/// ∇_z ‖xᵃ − x̂ᵃ(z)‖² of the conditioned pass, summed over the given frames of every request
+/// (requests are independent, so each gets the gradient of its own error): the reconstruction
+/// guidance of Ho et al. 2022, by autodiff through the denoiser (weights frozen).
+#[allow(clippy::too_many_arguments)]
+fn reconstruction_gradient<B: Backend>(
+    guide: &Denoiser<Autodiff<B>>,
+    z: Tensor<B, 5>,
+    t: f64,
+    co: crate::diffusion::Coefficients,
+    self_cond: Option<Tensor<B, 5>>,
+    context: &Option<FrameContext<B>>,
+    text: &TextCondition<B>,
+    clean: &Tensor<B, 5>,
+    given: &Tensor<B, 5, Bool>,
+) -> Tensor<B, 5> {
+    type A<B> = Autodiff<B>;
+    let b = z.dims()[0];
+    let z_ad = Tensor::<A<B>, 5>::from_inner(z).require_grad();
+    let input = DenoiserInput {
+        z_t: z_ad.clone(),
+        t: Tensor::from_inner(Tensor::full([b], t, &clean.device())),
+        self_cond: self_cond.map(Tensor::from_inner),
+        context: context.as_ref().map(|c| FrameContext {
+            latents: Tensor::from_inner(c.latents.clone()),
+            frame_mask: Tensor::from_inner(c.frame_mask.clone()),
+        }),
+        condition: Condition::Text(TextCondition {
+            tokens: Tensor::from_inner(text.tokens.clone()),
+            padding_mask: Tensor::from_inner(text.padding_mask.clone()),
+            pooled: Tensor::from_inner(text.pooled.clone()),
+        }),
+    };
+    let v = guide.forward(input);
+    let x_hat = z_ad.clone().mul_scalar(co.alpha) - v.mul_scalar(co.sigma);
+    let error = (Tensor::<A<B>, 5>::from_inner(clean.clone()) - x_hat)
+        .mask_fill(Tensor::from_inner(given.clone()).bool_not(), 0.0);
+    let grads = error.square().sum().backward();
+    z_ad.grad(&grads).expect("z requires its gradient")
 }

@@ -164,8 +164,15 @@ fn chunks_are_deterministic_batch_independent_and_decode_into_frames() {
     assert!(d1 <= 1e-5 && d2 <= 1e-5, "batched differs from alone by {d1}, {d2}");
 
     // The modes differ: the context channels matter.
-    let replaced = pipeline.generate(&[next], &SamplerSettings { mode: ExtendMode::Replacement, ..settings });
+    let replaced = pipeline.generate(&[next.clone()], &SamplerSettings { mode: ExtendMode::Replacement, ..settings });
     assert!(max_diff(&replaced[0], &next_alone) > 1e-4, "replacement equals conditioning");
+    // Reconstruction guidance: weight 0 is plain conditioning; a weight moves the new frames.
+    let guided = |weight| {
+        let s = SamplerSettings { mode: ExtendMode::Guided { weight }, ..settings };
+        pipeline.generate(std::slice::from_ref(&next), &s).remove(0)
+    };
+    assert!(max_diff(&guided(0.0), &next_alone) <= 1e-5, "guidance of weight 0 changes the chunk");
+    assert!(max_diff(&guided(5.0), &next_alone) > 1e-4, "reconstruction guidance does nothing");
 
     // Decoding chunk by chunk: 1 + 4(window − 1) frames, then 4 per latent, together the
     // frames of one decode of the whole stream.

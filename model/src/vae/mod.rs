@@ -98,6 +98,12 @@ impl VaeConfig {
         Self::new()
     }
 
+    /// The CPU streaming tier: half of [`VaeConfig::tiny`]'s widths (8/16/32/64), a quarter of
+    /// its FLOPs, so that decoding leaves most of 2 CPU cores to the denoiser at 128² and 8 fps.
+    pub fn cpu() -> Self {
+        Self::new().with_channels(vec![8, 16, 32, 64])
+    }
+
     /// The GPU tier: widths 64/128/256/256, two blocks per level, 8 latent channels.
     pub fn small() -> Self {
         Self::new().with_channels(vec![64, 128, 256, 256]).with_blocks_per_level(2).with_norm_groups(32)

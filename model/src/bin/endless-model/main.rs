@@ -79,7 +79,7 @@ enum Command {
     /// Trains the video VAE on the procedural world (CPU, burn Flex): checkpoints, loss.csv and
     /// loss.png in --out.
     TrainVae {
-        /// Model preset: tiny or small.
+        /// Model preset: cpu, tiny or small.
         #[arg(long, default_value = "tiny")]
         preset: String,
         /// Frame size, WIDTHxHEIGHT (multiples of 8).
@@ -206,9 +206,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             use endless_model::train::{LrSchedule, Optimisation, TrainVaeOptions};
             let config = match preset.as_str() {
+                "cpu" => endless_model::vae::VaeConfig::cpu(),
                 "tiny" => endless_model::vae::VaeConfig::tiny(),
                 "small" => endless_model::vae::VaeConfig::small(),
-                other => bail!("unknown --preset {other:?}: tiny or small"),
+                other => bail!("unknown --preset {other:?}: cpu, tiny or small"),
             };
             train_vae(
                 TrainVaeOptions {
@@ -430,7 +431,7 @@ fn presets(sizes: &[Size], frames: usize) -> Result<()> {
     use endless_model::dit::DenoiserConfig;
     use endless_model::vae::VaeConfig;
     let device = Default::default();
-    let vaes = [("tiny", VaeConfig::tiny()), ("small", VaeConfig::small())];
+    let vaes = [("cpu", VaeConfig::cpu()), ("tiny", VaeConfig::tiny()), ("small", VaeConfig::small())];
     let dits = [("tiny", DenoiserConfig::tiny()), ("small", DenoiserConfig::small()), ("base", DenoiserConfig::base())];
     if frames == 0 || !(frames - 1).is_multiple_of(4) {
         bail!("--frames must be 1 + 4k");
