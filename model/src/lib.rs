@@ -13,4 +13,6 @@ pub mod pipeline;
 pub mod text;
 pub mod train;
 pub mod vae;
+#[cfg(feature = "gst")]
+pub mod videos;
 pub mod world;
