@@ -350,6 +350,8 @@ function onPrompt(m) {
 function onStats(m) {
   Object.assign(stats, {
     generatedFps: m.generated_fps, bufferedFrames: m.buffered_frames, viewers: m.viewers, stalls: m.stalls, serverShownFrames: m.shown_frames,
+    // The model's denoising steps per chunk (fewer than full when the device is overloaded).
+    steps: m.source && m.source.steps ? `${m.source.steps}/${m.source.full_steps} steps` : '',
   });
   setPaused(!!m.paused);
   setRecording(!!m.recording);
@@ -454,7 +456,7 @@ function updateStats() {
   const pageSecs = p ? p.queuedSeconds : 0;
   stats.queuedFrames = p instanceof WebCodecsPlayer ? p.queuedFrames : Math.round(pageSecs * state.fps);
   stats.bufferSeconds = stats.bufferedFrames / state.fps + pageSecs;
-  el.sGen.textContent = `${Number(stats.generatedFps || 0).toFixed(1)} fps`;
+  el.sGen.textContent = `${Number(stats.generatedFps || 0).toFixed(1)} fps` + (stats.steps ? ` · ${stats.steps}` : '');
   el.sShown.textContent = `${stats.shownFps} fps`;
   el.sBuffer.textContent = `${stats.bufferSeconds.toFixed(2)} s`;
   el.sBuffer.title = `server ${stats.bufferedFrames} frames + page ${stats.queuedFrames} frames`;

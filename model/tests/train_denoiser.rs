@@ -164,7 +164,8 @@ fn chunks_are_deterministic_batch_independent_and_decode_into_frames() {
     assert!(d1 <= 1e-5 && d2 <= 1e-5, "batched differs from alone by {d1}, {d2}");
 
     // The modes differ: the context channels matter.
-    let replaced = pipeline.generate(&[next.clone()], &SamplerSettings { mode: ExtendMode::Replacement, ..settings });
+    let replaced =
+        pipeline.generate(std::slice::from_ref(&next), &SamplerSettings { mode: ExtendMode::Replacement, ..settings });
     assert!(max_diff(&replaced[0], &next_alone) > 1e-4, "replacement equals conditioning");
     // Reconstruction guidance: weight 0 is plain conditioning; a weight moves the new frames.
     let guided = |weight| {

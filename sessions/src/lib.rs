@@ -3,11 +3,13 @@
 //! whoever encodes them.
 
 pub mod id;
+pub mod model;
 pub mod registry;
 pub mod session;
 pub mod source;
 
 pub use id::{OwnerToken, SessionId};
+pub use model::{ModelFactory, ModelSettings, ModelSource, Scheduler, SchedulerStats};
 pub use registry::{CreateRequest, Registry, RegistryError, SourceFactory, WorldFactory};
 pub use session::{Frame, Output, Session, SessionError, SessionInfo, Settings, ViewerGuard};
 pub use source::{FrameSource, PromptEvent, SourceError, WorldSource};

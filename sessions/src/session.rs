@@ -146,7 +146,12 @@ pub struct SessionInfo {
     pub stalls: u64,
     /// Seconds since the session was created.
     pub age_secs: f64,
+    /// The source's own figures (the model's steps per chunk, say); `null` for the world.
+    pub source: serde_json::Value,
 }
+
+/// What a fork starts from: the source, the prompt showing, and the prompt timeline so far.
+pub type Fork = (Box<dyn FrameSource>, String, Vec<PromptEvent>);
 
 /// A live session. Cheap to share (`Arc`); closing it stops its tasks.
 pub struct Session {
@@ -169,6 +174,9 @@ pub struct Session {
     last_steer: Mutex<Option<Instant>>,
     /// When the last viewer left (or the session was created), for idle eviction.
     idle_since: Mutex<Option<Instant>>,
+    /// The source's own figures after its last chunk (read without the source's lock, which
+    /// a model source holds for a whole chunk).
+    source_stats: Arc<Mutex<serde_json::Value>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,11 +221,13 @@ impl Session {
             history: Mutex::new(history),
             last_steer: Mutex::new(None),
             idle_since: Mutex::new(Some(Instant::now())),
+            source_stats: Arc::new(Mutex::new(serde_json::Value::Null)),
         });
         let (control, counters, n) = (session.control.clone(), session.counters.clone(), session.settings.chunk_frames);
+        let source_stats = session.source_stats.clone();
         std::thread::Builder::new()
             .name(format!("gen-{}", &session.id.as_str()[..8]))
-            .spawn(move || generate(control, counters, n, chunks_tx))
+            .spawn(move || generate(control, counters, source_stats, n, fps, chunks_tx))
             .expect("the OS can start a generator thread");
         let pacer = Pacer {
             control: session.control.clone(),
@@ -302,7 +312,7 @@ impl Session {
         let lead = (self.fps * self.settings.steer_lead_secs).ceil() as u64;
         let at = self.played() + lead;
         let mut c = lock(&self.control);
-        c.source.steer(at, prompt, transition)?;
+        let at = c.source.steer(at, prompt, transition)?;
         if at < c.source.next_frame() && c.source.rewind_to(at) {
             let (epoch, end) = (c.epoch, c.source.next_frame());
             c.ends.push_back((epoch, end));
@@ -350,7 +360,7 @@ impl Session {
 
     /// An independent source continuing from the frame now showing, and the prompt
     /// timeline up to it, for a fork.
-    pub fn fork_source(&self, token: &str) -> Result<(Box<dyn FrameSource>, String, Vec<PromptEvent>), SessionError> {
+    pub fn fork_source(&self, token: &str) -> Result<Fork, SessionError> {
         self.check_owner(token)?;
         let at = self.played();
         let source = lock(&self.control).source.fork_at(at);
@@ -386,6 +396,7 @@ impl Session {
             generated_fps: if ns > 0 { frames as f64 / (ns as f64 * 1e-9) } else { 0.0 },
             stalls: c.stalls.load(Ordering::SeqCst),
             age_secs: self.created.elapsed().as_secs_f64(),
+            source: lock(&self.source_stats).clone(),
         }
     }
 }
@@ -422,7 +433,9 @@ impl Drop for ViewerGuard {
 fn generate(
     control: Arc<Mutex<Control>>,
     counters: Arc<Counters>,
+    source_stats: Arc<Mutex<serde_json::Value>>,
     n: usize,
+    fps: f64,
     chunks: mpsc::Sender<Result<Chunk, String>>,
 ) {
     loop {
@@ -430,7 +443,12 @@ fn generate(
         let chunk = {
             let mut c = lock(&control);
             let (epoch, first) = (c.epoch, c.source.next_frame());
-            match c.source.next_chunk(n) {
+            // Due when playback reaches the first frame of this chunk.
+            let buffered = first.saturating_sub(counters.played.load(Ordering::SeqCst));
+            c.source.set_due(Instant::now() + Duration::from_secs_f64(buffered as f64 / fps));
+            let result = c.source.next_chunk(n);
+            *lock(&source_stats) = c.source.stats();
+            match result {
                 Ok(frames) => Chunk { epoch, first, frames },
                 Err(e) => {
                     tracing::error!(cause = %e, "generation failed");

@@ -13,6 +13,9 @@ pub enum SourceError {
     /// The prompt says nothing the source understands.
     #[error("the prompt mentions nothing this source can show (try words like sunset, snow, mountains, pan left)")]
     EmptyPrompt,
+    /// The request does not fit this source (its size or frame rate, say).
+    #[error("{0}")]
+    Unsupported(String),
     /// Generation failed; the session reports it to its viewers.
     #[error("generation failed: {0}")]
     Failed(String),
@@ -36,11 +39,15 @@ pub trait FrameSource: Send {
     fn fps(&self) -> f64;
     /// Index of the next frame [`Self::next_chunk`] will produce.
     fn next_frame(&self) -> u64;
+    /// When the next chunk is needed (the session's buffer runs dry then): a source that shares
+    /// a device uses it to put the most urgent work first.
+    fn set_due(&mut self, _due: std::time::Instant) {}
     /// Produces the next `n` frames.
     fn next_chunk(&mut self, n: usize) -> Result<Vec<Vec<u8>>, SourceError>;
     /// Changes the prompt from frame `at` on (at or after [`Self::next_frame`]), blending
-    /// over `transition_secs`.
-    fn steer(&mut self, at: u64, prompt: &str, transition_secs: f64) -> Result<(), SourceError>;
+    /// over `transition_secs`. Returns the frame the change really starts at (a source may
+    /// only change at its own chunk boundaries): replaying the steer there reproduces it.
+    fn steer(&mut self, at: u64, prompt: &str, transition_secs: f64) -> Result<u64, SourceError>;
     /// Moves generation back to frame `frame` (not before the last steer), so that a steer
     /// shows as soon as possible instead of after the buffered chunks. Returns false when the
     /// source cannot (then it keeps going from where it is).
@@ -50,6 +57,10 @@ pub trait FrameSource: Send {
     fn fork_at(&self, frame: u64) -> Box<dyn FrameSource>;
     /// What a recording needs to reproduce this source (kind, seed, configuration).
     fn describe(&self) -> serde_json::Value;
+    /// Live figures of the source for the stats (steps per chunk, say); `null` when none.
+    fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// The procedural world as a frame source: exact, cheap to rewind and fork, because every
@@ -110,7 +121,7 @@ impl FrameSource for WorldSource {
         Ok(frames)
     }
 
-    fn steer(&mut self, at: u64, prompt: &str, transition_secs: f64) -> Result<(), SourceError> {
+    fn steer(&mut self, at: u64, prompt: &str, transition_secs: f64) -> Result<u64, SourceError> {
         let said = parse(prompt);
         if said.is_empty() {
             return Err(SourceError::EmptyPrompt);
@@ -119,7 +130,7 @@ impl FrameSource for WorldSource {
         let target = said.over(self.timeline.target());
         self.timeline.push(self.seconds(at), transition_secs.max(0.0), target);
         self.fixed_until = at;
-        Ok(())
+        Ok(at)
     }
 
     fn rewind_to(&mut self, frame: u64) -> bool {
@@ -169,7 +180,7 @@ mod tests {
         let mut s = source();
         let before = s.clone().next_chunk(20).unwrap();
         s.next_chunk(5).unwrap();
-        s.steer(5, "now it snows", 0.5).unwrap();
+        assert_eq!(s.steer(5, "now it snows", 0.5), Ok(5));
         assert_eq!(
             s.target(),
             Attributes {

@@ -170,7 +170,7 @@ impl FrameSource for Failing {
         self.1 -= 1;
         self.0.next_chunk(n)
     }
-    fn steer(&mut self, at: u64, prompt: &str, t: f64) -> Result<(), SourceError> {
+    fn steer(&mut self, at: u64, prompt: &str, t: f64) -> Result<u64, SourceError> {
         self.0.steer(at, prompt, t)
     }
     fn rewind_to(&mut self, frame: u64) -> bool {

@@ -17,6 +17,7 @@ pub struct Config {
     pub sessions: Sessions,
     pub encoder: Encoder,
     pub recording: Recording,
+    pub model: Model,
 }
 
 /// HTTP and WebSocket server.
@@ -144,6 +145,66 @@ pub struct Recording {
 impl Default for Recording {
     fn default() -> Self {
         Recording { dir: PathBuf::from("recordings"), max_secs: Bounded(3600), quota_mib: Bounded(4096) }
+    }
+}
+
+/// How a model chunk uses the frames before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtendMode {
+    /// VDM's replacement: past frames only as noised latents.
+    Replacement,
+    /// Past frames also clean in the context channels (W.A.L.T).
+    Conditioned,
+    /// Conditioned plus reconstruction guidance (Ho et al. 2022).
+    Guided,
+}
+
+/// The model source (`sessions.source = "model"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Model {
+    /// Pipeline folder (what `endless-model train` writes); its size and fps are the streams'.
+    pub dir: PathBuf,
+    /// all-MiniLM-L6-v2 folder; empty: $ENDLESS_MINILM_DIR or ~/.cache/endless/minilm.
+    pub text_dir: PathBuf,
+    /// "auto" (the GPU if one answers, else the CPU), "cpu" or "cuda".
+    pub device: endless_model::device::DeviceKind,
+    /// DDIM steps per chunk at full quality.
+    pub steps: Bounded<1, 1000>,
+    /// Fewest steps the scheduler lowers a chunk to under overload.
+    pub min_steps: Bounded<1, 1000>,
+    pub mode: ExtendMode,
+    /// Reconstruction-guidance weight (mode "guided"), in tenths.
+    pub guidance_weight_tenths: Bounded<0, 1000>,
+    /// Classifier-free guidance scale of the text, in tenths (10: none).
+    pub text_guidance_tenths: Bounded<0, 1000>,
+    /// Classifier-free guidance scale of the past frames, in tenths (10: none).
+    pub context_guidance_tenths: Bounded<0, 1000>,
+    /// Past latent frames each chunk is conditioned on.
+    pub context_frames: Bounded<1, 64>,
+    /// Most chunks of different sessions denoised in one batch.
+    pub max_batch: Bounded<1, 256>,
+    /// Use the EMA weights when the folder has them.
+    pub ema: bool,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            dir: PathBuf::from("models/cpu"),
+            text_dir: PathBuf::new(),
+            device: endless_model::device::DeviceKind::Auto,
+            steps: Bounded(8),
+            min_steps: Bounded(2),
+            mode: ExtendMode::Conditioned,
+            guidance_weight_tenths: Bounded(20),
+            text_guidance_tenths: Bounded(30),
+            context_guidance_tenths: Bounded(10),
+            context_frames: Bounded(2),
+            max_batch: Bounded(8),
+            ema: true,
+        }
     }
 }
 

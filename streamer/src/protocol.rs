@@ -124,6 +124,10 @@ pub enum ServerMessage {
         stalls: u64,
         recording: bool,
         paused: bool,
+        /// The source's own figures: for the model, `steps` per chunk (fewer than
+        /// `full_steps` under overload), `chunks` and `device`; `null` for the world.
+        #[serde(default)]
+        source: serde_json::Value,
     },
     Pong {
         t: f64,

@@ -15,7 +15,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use dashmap::DashMap;
 use endless_model::media::Size;
-use endless_sessions::{CreateRequest, OwnerToken, Registry, SessionId, Settings, WorldFactory};
+use endless_sessions::{
+    CreateRequest, ModelFactory, ModelSettings, OwnerToken, Registry, Scheduler, SessionId, Settings, SourceFactory,
+    WorldFactory,
+};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +33,8 @@ use tower_http::services::{ServeDir, ServeFile};
 /// Everything the handlers share.
 pub struct AppState {
     pub config: Config,
+    /// The device worker of the model source.
+    pub model: Option<Arc<Scheduler>>,
     registry: Registry,
     streams: DashMap<SessionId, Arc<SessionStream>>,
     pub metrics: Arc<Metrics>,
@@ -48,11 +53,13 @@ impl<E: std::fmt::Display> From<E> for Refusal {
 
 impl AppState {
     fn new(config: Config) -> anyhow::Result<Arc<AppState>> {
-        if config.sessions.source == Source::Model {
-            anyhow::bail!(
-                "sessions.source = \"model\" is not available yet: the model source lands with issue 6; use \"world\""
-            );
-        }
+        let (factory, model): (Box<dyn SourceFactory>, _) = match config.sessions.source {
+            Source::World => (Box::new(WorldFactory), None),
+            Source::Model => {
+                let scheduler = Scheduler::start(model_settings(&config)).map_err(anyhow::Error::msg)?;
+                (Box::new(ModelFactory { scheduler: scheduler.clone() }), Some(scheduler))
+            }
+        };
         let s = &config.sessions;
         let settings = Settings {
             chunk_frames: s.chunk_frames.get() as usize,
@@ -63,13 +70,14 @@ impl AppState {
             ..Settings::default()
         };
         let registry = Registry::new(
-            Box::new(WorldFactory),
+            factory,
             settings,
             s.max_sessions.get() as usize,
             Duration::from_secs(s.idle_timeout_secs.get() as u64),
         );
         Ok(Arc::new(AppState {
             config,
+            model,
             registry,
             streams: DashMap::new(),
             metrics: Arc::new(Metrics::default()),
@@ -82,14 +90,18 @@ impl AppState {
         if !required.is_empty() && !req.api_key.as_deref().is_some_and(|k| OwnerToken::constant_time_eq(k, required)) {
             return Err(Refusal("a valid API key is required to create a session".into()));
         }
-        let size = match &req.size {
-            Some(s) => s.parse::<Size>()?,
-            None => self.config.sessions.size,
+        let size = match (&req.size, &self.model) {
+            (Some(s), _) => s.parse::<Size>()?,
+            (None, Some(model)) => model.size(),
+            (None, None) => self.config.sessions.size,
         };
         if size.width > 1024 || size.height > 1024 {
             return Err(Refusal("size is at most 1024x1024".into()));
         }
-        let fps = req.fps.unwrap_or(self.config.sessions.fps.get() as f64);
+        let fps = req.fps.unwrap_or(match &self.model {
+            Some(model) => model.spec.fps,
+            None => self.config.sessions.fps.get() as f64,
+        });
         let (session, token) =
             self.registry.create(&CreateRequest { prompt: req.prompt.clone(), seed: req.seed, size, fps })?;
         self.metrics.sessions_created.fetch_add(1, Ordering::Relaxed);
@@ -133,6 +145,43 @@ impl AppState {
         for id in gone {
             self.close_stream(&id, "the session ended").await;
         }
+    }
+}
+
+/// The model source's settings from the configuration.
+fn model_settings(config: &Config) -> ModelSettings {
+    use crate::config::ExtendMode as Mode;
+    use endless_model::pipeline::{ExtendMode, SamplerSettings};
+    let m = &config.model;
+    let tenths = |v: i64| v as f64 / 10.0;
+    let s = &config.sessions;
+    ModelSettings {
+        dir: m.dir.clone(),
+        text_dir: if m.text_dir.as_os_str().is_empty() {
+            endless_model::text::default_dir()
+        } else {
+            m.text_dir.clone()
+        },
+        device: m.device,
+        sampler: SamplerSettings {
+            steps: m.steps.get() as usize,
+            eta: 0.0,
+            guidance: endless_model::diffusion::Guidance {
+                text: tenths(m.text_guidance_tenths.get()),
+                context: tenths(m.context_guidance_tenths.get()),
+            },
+            mode: match m.mode {
+                Mode::Replacement => ExtendMode::Replacement,
+                Mode::Conditioned => ExtendMode::Conditioned,
+                Mode::Guided => ExtendMode::Guided { weight: tenths(m.guidance_weight_tenths.get()) },
+            },
+        },
+        min_steps: m.min_steps.get() as usize,
+        context_frames: m.context_frames.get() as usize,
+        max_batch: m.max_batch.get() as usize,
+        ema: m.ema,
+        // Enough for a fork to continue from the frame shown with the whole buffer ahead.
+        history_frames: (s.chunk_frames.get() * (s.buffer_chunks.get() + 2)) as usize,
     }
 }
 
@@ -496,6 +545,7 @@ async fn forward(
                     stalls: i.stalls,
                     recording: i.recording,
                     paused: i.paused,
+                    source: i.source,
                 };
                 let _ = tx.try_send(Message::Text(m.to_json().into()));
             }

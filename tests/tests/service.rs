@@ -266,3 +266,56 @@ async fn mse_viewers_get_an_init_segment_then_fragments_from_a_keyframe() {
     let frames = decode_file(file.path());
     assert!(frames.len() >= messages.len() - 2, "{} frames from {} segments", frames.len(), messages.len() - 1);
 }
+
+/// The model as the source (a micro pipeline trained here for a few steps): sessions take the
+/// pipeline's size and rate, every access unit decodes at exact PTS steps, the stats carry the
+/// steps per chunk, a steer is acknowledged at a model chunk boundary, and a size the model
+/// does not make is refused clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_source_streams_its_pipeline() {
+    let Some(text) = endless_model::text::dir_for_tests() else { return };
+    let pipeline = tempfile::tempdir().unwrap();
+    endless_model::train::micro_pipeline(pipeline.path(), &text, 2).unwrap();
+    let dir = format!("model.dir={}", pipeline.path().display());
+    let server = TestServer::start(&[
+        "--set",
+        "sessions.source=model",
+        "--set",
+        &dir,
+        "--set",
+        "model.device=cpu",
+        "--set",
+        "model.steps=2",
+    ]);
+    let mut c = Client::connect(&server).await;
+    c.send(json!({"type": "create", "prompt": "a lake in the mountains", "size": "64x64"})).await;
+    let refused = c.expect("error").await;
+    assert!(refused["message"].as_str().unwrap().contains("32x32 at 8 fps"), "{refused}");
+
+    c.send(json!({"type": "create", "prompt": "a lake in the mountains", "seed": 3})).await;
+    let created = c.expect("created").await;
+    let (session, token) = (created["session"].as_str().unwrap(), created["token"].as_str().unwrap());
+    c.send(json!({"type": "watch", "session": session, "token": token})).await;
+    let watching = c.expect("watching").await;
+    assert_eq!((watching["width"].as_u64(), watching["height"].as_u64()), (Some(32), Some(32)));
+    let mut texts = Vec::new();
+    let media = c.media(24, &mut texts).await;
+    assert!(media[0].0, "the first access unit is a keyframe");
+    for w in media.windows(2) {
+        assert_eq!(w[1].1 - w[0].1, 125_000, "PTS steps of 1/8 s");
+    }
+    let aus: Vec<Vec<u8>> = media.iter().map(|m| m.2.clone()).collect();
+    assert_eq!(decode_h264(&aus, 8).len(), aus.len(), "every access unit decodes");
+    let stats = match texts.iter().find(|t| t["type"] == "stats") {
+        Some(s) => s.clone(),
+        None => c.expect("stats").await,
+    };
+    assert_eq!(stats["source"]["full_steps"], 2, "{stats}");
+    assert_eq!(stats["source"]["device"], "cpu", "{stats}");
+
+    c.send(json!({"type": "steer", "prompt": "a stormy sea", "transition_secs": 0})).await;
+    let steered = c.expect("prompt").await;
+    let frame = steered["frame"].as_u64().unwrap();
+    assert!(frame >= 9 && (frame - 9).is_multiple_of(4), "the steer lands on a chunk boundary: {steered}");
+    c.media(8, &mut texts).await;
+}

@@ -180,6 +180,15 @@ pub struct TextEmbedding {
 }
 
 impl TextEmbedding {
+    /// An embedding from its parts (a blend of two prompts, say).
+    ///
+    /// # Panics
+    /// If `hidden` is not `ids.len()` rows of `pooled.len()` values.
+    pub fn from_parts(ids: Vec<u32>, hidden: Vec<f32>, pooled: Vec<f32>) -> TextEmbedding {
+        assert_eq!(hidden.len(), ids.len() * pooled.len(), "hidden states are [tokens, dim]");
+        TextEmbedding { ids, hidden, pooled }
+    }
+
     /// The token ids, `[CLS]` … `[SEP]`.
     pub fn ids(&self) -> &[u32] {
         &self.ids

@@ -469,3 +469,33 @@ pub fn step_loss<B: AutodiffBackend>(
     let v = model.forward(input(self_cond));
     (v - target).square().mean()
 }
+
+/// Trains a very small pipeline (an untrained VAE of 8–16 channels, a 2-block denoiser 64 wide)
+/// for `steps` steps at 32×32 into `out`: seconds of CPU, for tests of everything that loads a
+/// pipeline. What it generates is noise-like; its structure is the real one.
+pub fn micro_pipeline(out: &Path, text: &Path, steps: usize) -> Result<()> {
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let vae_path = out.join("vae-init.safetensors");
+    let vae_config = VaeConfig::tiny().with_channels(vec![8, 16, 16, 16]);
+    let device = Default::default();
+    burn::backend::Flex::seed(&device, 3);
+    let vae = vae_config.init::<burn::backend::Flex>(&device);
+    checkpoint::save(&vae, &vae_config, &serde_json::json!({}), &vae_path, Precision::F32)?;
+    let config = DenoiserConfig::tiny().with_hidden_size(64).with_depth(2).with_num_heads(2).with_frequency_dim(64);
+    let o = TrainDenoiserOptions {
+        width: 32,
+        height: 32,
+        window: 3,
+        lead: 1,
+        batch: 2,
+        steps,
+        log_every: 0,
+        checkpoint_every: 0,
+        stats_batches: 1,
+        ..TrainDenoiserOptions::new(config, &vae_path, text, out)
+    }
+    .with_optim(|o| Optimisation { warmup: 0, lr: 2e-3, ema_decay: Some(0.9), ..o });
+    train_denoiser::<B>(&o, &device)?;
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! The latent diffusion model as a frame source, and the scheduler that batches the chunks of
+//! every session on one device.
+//!
+//! ```text
+//!  ModelSource (per session) ──Job{key, seed, chunk, prompt, due}──▶ Scheduler worker (per device)
+//!        ▲                                                              │ pending jobs, earliest due first
+//!        └──────────── frames (RGB8) of the chunk ◀──────────────────────┘ one batched denoise, then decode
+//! ```
+//!
+//! The worker owns everything that lives on the device: the pipeline and, per stream, the rolling
+//! latent context (the last `context_frames` latents: bounded, whatever the stream's length) and
+//! the VAE decoder's causal state. Sessions only hold a key. Each loop the worker takes every
+//! pending job (up to `max_batch`), earliest deadline first — the deadline is when the session's
+//! buffer runs dry — and denoises them as one batch; if the batch would finish after the most
+//! urgent deadline at full steps, it lowers the steps (not below `min_steps`) so that no stream
+//! stalls, and the chunk reports the steps it got. Noise is drawn per stream and chunk, so a
+//! chunk is the same whatever shares its batch.
+//!
+//! **Steering** takes effect at the next chunk the model generates (the frames already buffered
+//! keep the old prompt) and returns that chunk's first frame, so a recording's prompt timeline
+//! replays exactly. The pooled prompt embedding — which drives every block's adaLN — blends
+//! linearly from the old prompt to the new over the chunks of the transition; the text tokens
+//! of cross-attention switch at the blend's midpoint.
+
+use crate::source::{FrameSource, SourceError};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use endless_model::device::{DeviceKind, Resolved, resolve};
+use endless_model::media::Size;
+use endless_model::pipeline::{ChunkRequest, Pipeline, PipelineSpec, SamplerSettings};
+use endless_model::text::{TextEmbedding, TextEncoder};
+use endless_model::vae::StreamState;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+/// How the model streams, from the service configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSettings {
+    /// The pipeline folder (what `endless-model train` writes).
+    pub dir: PathBuf,
+    /// The all-MiniLM-L6-v2 folder.
+    pub text_dir: PathBuf,
+    pub device: DeviceKind,
+    /// Sampling at full quality.
+    pub sampler: SamplerSettings,
+    /// The fewest steps the scheduler lowers an at-risk chunk to.
+    pub min_steps: usize,
+    /// Past latent frames each chunk is conditioned on (less than the pipeline's window).
+    pub context_frames: usize,
+    /// Most chunks denoised in one batch.
+    pub max_batch: usize,
+    /// Use the EMA weights when the folder has them.
+    pub ema: bool,
+    /// Frames a source keeps after generating them, so a fork continues from the frame shown.
+    pub history_frames: usize,
+}
+
+/// What a worker reports, for `/metrics` and the stats.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    pub batches: AtomicU64,
+    pub chunks: AtomicU64,
+    /// Chunks generated with fewer steps than configured (overload).
+    pub reduced_chunks: AtomicU64,
+    /// Microseconds of the last batch, and its size.
+    pub last_batch_us: AtomicU64,
+    pub last_batch_size: AtomicU64,
+    /// The most latent frames any stream's context has held, and the most bytes any stream's
+    /// device state (context and decoder state) has taken: bounded whatever the stream length.
+    pub context_frames_max: AtomicU64,
+    pub stream_bytes_max: AtomicU64,
+}
+
+/// One chunk's frames.
+#[derive(Debug)]
+struct ChunkOut {
+    frames: Vec<Vec<u8>>,
+    steps: usize,
+}
+
+struct Job {
+    key: u64,
+    seed: u64,
+    chunk: u64,
+    text: Arc<TextEmbedding>,
+    /// When the session's buffer runs dry; `None`: no deadline (full steps).
+    due: Option<Instant>,
+    reply: mpsc::SyncSender<Result<ChunkOut, String>>,
+}
+
+enum Command {
+    Generate(Job),
+    /// Copies the context and decoder state of stream `from` to stream `to`.
+    Fork {
+        from: u64,
+        to: u64,
+    },
+    Drop(u64),
+}
+
+/// A stream's state on the device.
+struct Slot<B: Backend> {
+    /// `[c, k, h, w]`: the last `k ≤ context_frames` latents.
+    context: Option<Tensor<B, 4>>,
+    decoder: StreamState<B>,
+}
+
+impl<B: Backend> Clone for Slot<B> {
+    fn clone(&self) -> Self {
+        Slot { context: self.context.clone(), decoder: self.decoder.clone() }
+    }
+}
+
+/// The handle to one device's worker.
+pub struct Scheduler {
+    tx: Mutex<mpsc::Sender<Command>>,
+    pub spec: PipelineSpec,
+    pub settings: ModelSettings,
+    /// Frames of the first chunk, and of every later one.
+    pub first_chunk_frames: usize,
+    pub chunk_frames: usize,
+    pub stats: Arc<SchedulerStats>,
+    pub device: Resolved,
+    text: Arc<TextEncoder<burn::backend::Flex>>,
+    next_key: AtomicU64,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("spec", &self.spec).field("device", &self.device).finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Loads the pipeline on the configured device in a new worker thread.
+    ///
+    /// # Errors
+    /// When the device, the pipeline or the text encoder cannot be loaded.
+    pub fn start(settings: ModelSettings) -> Result<Arc<Scheduler>, String> {
+        let device = resolve(settings.device)?;
+        let text = TextEncoder::<burn::backend::Flex>::load(&settings.text_dir, &Default::default())
+            .map_err(|e| format!("loading the text encoder from {}: {e}", settings.text_dir.display()))?;
+        let stats = Arc::new(SchedulerStats::default());
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let (worker_settings, worker_stats) = (settings.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("model-worker".into())
+            .spawn(move || match device {
+                Resolved::Cpu => run::<burn::backend::Flex>(worker_settings, worker_stats, rx, ready_tx),
+                #[cfg(feature = "cuda")]
+                Resolved::Cuda => run::<burn::backend::Cuda>(worker_settings, worker_stats, rx, ready_tx),
+                #[cfg(not(feature = "cuda"))]
+                Resolved::Cuda => {
+                    let _ = ready_tx.send(Err("this build has no CUDA support".into()));
+                }
+            })
+            .map_err(|e| format!("starting the model worker: {e}"))?;
+        let (spec, window, factor) =
+            ready_rx.recv().map_err(|_| "the model worker died while loading".to_string())??;
+        let k = settings.context_frames.min(window - 1);
+        if k == 0 {
+            return Err(format!("context_frames must be at least 1 (the window is {window} latent frames)"));
+        }
+        tracing::info!(
+            dir = %settings.dir.display(),
+            size = %Size { width: spec.width, height: spec.height },
+            fps = spec.fps,
+            ?device,
+            "model loaded"
+        );
+        Ok(Arc::new(Scheduler {
+            tx: Mutex::new(tx),
+            first_chunk_frames: 1 + factor * (window - 1),
+            chunk_frames: factor * (window - k),
+            spec,
+            settings: ModelSettings { context_frames: k, ..settings },
+            stats,
+            device,
+            text: Arc::new(text),
+            next_key: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn size(&self) -> Size {
+        Size { width: self.spec.width, height: self.spec.height }
+    }
+
+    fn send(&self, command: Command) -> Result<(), SourceError> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.send(command).map_err(|_| SourceError::Failed("the model worker has stopped".into()))
+    }
+
+    fn key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Embeds a prompt (cached).
+    pub fn embed(&self, prompt: &str) -> Arc<TextEmbedding> {
+        self.text.embed(prompt)
+    }
+}
+
+/// The worker loop on backend `B`.
+fn run<B: Backend>(
+    settings: ModelSettings,
+    stats: Arc<SchedulerStats>,
+    rx: mpsc::Receiver<Command>,
+    ready: mpsc::SyncSender<Result<(PipelineSpec, usize, usize), String>>,
+) {
+    let device = B::Device::default();
+    let pipeline = match Pipeline::<B>::load(&settings.dir, settings.ema, &device) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(format!("loading the pipeline from {}: {e:#}", settings.dir.display())));
+            return;
+        }
+    };
+    let _ = ready.send(Ok((pipeline.spec.clone(), pipeline.spec.window, pipeline.temporal_factor())));
+    let k = settings.context_frames.min(pipeline.spec.window - 1);
+    let mut slots: HashMap<u64, Slot<B>> = HashMap::new();
+    let mut pending: Vec<Job> = Vec::new();
+    // Seconds per denoising step per chunk, and of decoding per chunk: running means.
+    let (mut step_secs, mut decode_secs) = (0.0f64, 0.0f64);
+    loop {
+        let handle = |command, pending: &mut Vec<Job>, slots: &mut HashMap<u64, Slot<B>>| match command {
+            Command::Generate(job) => pending.push(job),
+            Command::Fork { from, to } => {
+                if let Some(slot) = slots.get(&from).cloned() {
+                    slots.insert(to, slot);
+                }
+            }
+            Command::Drop(key) => {
+                slots.remove(&key);
+                pending.retain(|j| j.key != key);
+            }
+        };
+        if pending.is_empty() {
+            match rx.recv() {
+                Ok(command) => handle(command, &mut pending, &mut slots),
+                Err(_) => return, // every handle is gone
+            }
+        }
+        while let Ok(command) = rx.try_recv() {
+            handle(command, &mut pending, &mut slots);
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        // Earliest deadline first; chunks without one after every chunk with one.
+        pending.sort_by_key(|j| (j.due.is_none(), j.due));
+        let batch: Vec<Job> = pending.drain(..pending.len().min(settings.max_batch.max(1))).collect();
+        let b = batch.len() as f64;
+        // Deadline-aware steps: the most urgent chunk must be ready when its buffer runs dry.
+        let full = settings.sampler.steps.max(1);
+        let slack = batch[0].due.map(|due| due.saturating_duration_since(Instant::now()).as_secs_f64());
+        let steps = if let Some(slack) = slack
+            && step_secs > 0.0
+            && b * (full as f64 * step_secs + decode_secs) > slack
+        {
+            let affordable = ((slack / b - decode_secs) / step_secs).floor().max(0.0) as usize;
+            affordable.clamp(settings.min_steps.clamp(1, full), full)
+        } else {
+            full
+        };
+        let started = Instant::now();
+        let requests: Vec<ChunkRequest<B>> = batch
+            .iter()
+            .map(|j| ChunkRequest {
+                seed: j.seed,
+                chunk: j.chunk,
+                context: slots.get(&j.key).and_then(|s| s.context.clone()),
+                text: j.text.clone(),
+            })
+            .collect();
+        let sampler = SamplerSettings { steps, ..settings.sampler };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.generate(&requests, &sampler)));
+        let denoised = started.elapsed().as_secs_f64();
+        let latents = match result {
+            Ok(latents) => latents,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the denoiser panicked".into());
+                for job in batch {
+                    let _ = job.reply.send(Err(why.clone()));
+                }
+                continue;
+            }
+        };
+        let decode_started = Instant::now();
+        for (job, new) in batch.into_iter().zip(latents) {
+            let slot = slots.entry(job.key).or_insert_with(|| Slot { context: None, decoder: StreamState::default() });
+            let video = pipeline.decode_stream(new.clone().unsqueeze_dim(0), &mut slot.decoder);
+            let frames = endless_model::data::video_frames(video).remove(0);
+            let all = match slot.context.take() {
+                Some(context) => Tensor::cat(vec![context, new], 1),
+                None => new,
+            };
+            let n = all.dims()[1];
+            let context = all.narrow(1, n - k.min(n), k.min(n));
+            let bytes = context.shape().num_elements() * 4 + slot.decoder.bytes();
+            stats.context_frames_max.fetch_max(context.dims()[1] as u64, Ordering::Relaxed);
+            stats.stream_bytes_max.fetch_max(bytes as u64, Ordering::Relaxed);
+            slot.context = Some(context);
+            let _ = job.reply.send(Ok(ChunkOut { frames, steps }));
+        }
+        let decoded = decode_started.elapsed().as_secs_f64();
+        // Running means, per chunk.
+        let mix = |old: f64, new: f64| if old == 0.0 { new } else { 0.8 * old + 0.2 * new };
+        step_secs = mix(step_secs, denoised / (b * steps as f64));
+        decode_secs = mix(decode_secs, decoded / b);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.chunks.fetch_add(b as u64, Ordering::Relaxed);
+        if steps < full {
+            stats.reduced_chunks.fetch_add(b as u64, Ordering::Relaxed);
+        }
+        stats.last_batch_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.last_batch_size.store(b as u64, Ordering::Relaxed);
+    }
+}
+
+/// A prompt change waiting for its chunk.
+#[derive(Debug, Clone)]
+struct Steer {
+    /// The first frame it shows in: a chunk boundary.
+    at: u64,
+    embedding: Arc<TextEmbedding>,
+    /// Chunks the blend from the previous prompt takes.
+    blend_chunks: u64,
+}
+
+/// The blend in progress.
+#[derive(Debug, Clone)]
+struct Blend {
+    from: Arc<TextEmbedding>,
+    /// Chunk at which it started, and its length in chunks.
+    start: u64,
+    chunks: u64,
+}
+
+/// A session's stream from the model.
+pub struct ModelSource {
+    scheduler: Arc<Scheduler>,
+    key: u64,
+    seed: u64,
+    /// Next frame [`FrameSource::next_chunk`] returns.
+    next: u64,
+    /// Next model chunk, and its first frame.
+    chunk: u64,
+    head: u64,
+    prompt: Arc<TextEmbedding>,
+    blend: Option<Blend>,
+    steers: Vec<Steer>,
+    /// Frames generated and not yet returned, from `next` on.
+    ahead: VecDeque<Vec<u8>>,
+    /// Frames returned lately, ending at `next` (for forks).
+    behind: VecDeque<Vec<u8>>,
+    due: Option<Instant>,
+    last_steps: usize,
+}
+
+impl ModelSource {
+    /// A new stream of `prompt`.
+    pub fn new(scheduler: Arc<Scheduler>, prompt: &str, seed: u64) -> ModelSource {
+        let key = scheduler.key();
+        ModelSource {
+            prompt: scheduler.embed(prompt),
+            scheduler,
+            key,
+            seed,
+            next: 0,
+            chunk: 0,
+            head: 0,
+            blend: None,
+            steers: Vec::new(),
+            ahead: VecDeque::new(),
+            behind: VecDeque::new(),
+            due: None,
+            last_steps: 0,
+        }
+    }
+
+    /// Frames of model chunk `chunk`.
+    fn frames_of(&self, chunk: u64) -> u64 {
+        if chunk == 0 { self.scheduler.first_chunk_frames as u64 } else { self.scheduler.chunk_frames as u64 }
+    }
+
+    /// The first chunk boundary at or after both `at` and the generation head.
+    fn boundary_from(&self, at: u64) -> u64 {
+        if at <= self.head {
+            return self.head;
+        }
+        let (mut boundary, mut chunk) = (self.head, self.chunk);
+        while boundary < at {
+            boundary += self.frames_of(chunk);
+            chunk += 1;
+        }
+        boundary
+    }
+
+    /// The prompt embedding of the next chunk, applying the steers due at it.
+    fn embedding_for_next_chunk(&mut self) -> Arc<TextEmbedding> {
+        let due: Vec<Steer> = self.steers.iter().filter(|s| s.at <= self.head).cloned().collect();
+        self.steers.retain(|s| s.at > self.head);
+        if let Some(steer) = due.into_iter().last() {
+            let from = self.current_embedding();
+            self.prompt = steer.embedding;
+            self.blend =
+                (steer.blend_chunks > 0).then_some(Blend { from, start: self.chunk, chunks: steer.blend_chunks });
+        }
+        self.current_embedding()
+    }
+
+    /// The embedding of chunk `self.chunk`: the prompt, or the blend towards it.
+    fn current_embedding(&self) -> Arc<TextEmbedding> {
+        let Some(blend) = &self.blend else { return self.prompt.clone() };
+        let done = self.chunk.saturating_sub(blend.start) + 1;
+        if done > blend.chunks {
+            return self.prompt.clone();
+        }
+        let w = done as f32 / (blend.chunks + 1) as f32;
+        Arc::new(blended(&blend.from, &self.prompt, w))
+    }
+
+    fn generate_chunk(&mut self) -> Result<(), SourceError> {
+        let text = self.embedding_for_next_chunk();
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.scheduler.send(Command::Generate(Job {
+            key: self.key,
+            seed: self.seed,
+            chunk: self.chunk,
+            text,
+            due: self.due,
+            reply,
+        }))?;
+        let out = answer
+            .recv()
+            .map_err(|_| SourceError::Failed("the model worker dropped the chunk".into()))?
+            .map_err(SourceError::Failed)?;
+        self.head += out.frames.len() as u64;
+        self.chunk += 1;
+        self.last_steps = out.steps;
+        self.ahead.extend(out.frames);
+        if let Some(b) = &self.blend
+            && self.chunk > b.start + b.chunks
+        {
+            self.blend = None;
+        }
+        Ok(())
+    }
+}
+
+/// `from` blended towards `to` by `w`: the pooled embedding interpolated and renormalised, the
+/// tokens of whichever weighs more.
+fn blended(from: &TextEmbedding, to: &TextEmbedding, w: f32) -> TextEmbedding {
+    let pooled: Vec<f32> = from.pooled().iter().zip(to.pooled()).map(|(a, b)| (1.0 - w) * a + w * b).collect();
+    let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    let tokens = if w < 0.5 { from } else { to };
+    TextEmbedding::from_parts(
+        tokens.ids().to_vec(),
+        tokens.hidden().to_vec(),
+        pooled.iter().map(|v| v / norm).collect(),
+    )
+}
+
+impl Drop for ModelSource {
+    fn drop(&mut self) {
+        let _ = self.scheduler.send(Command::Drop(self.key));
+    }
+}
+
+impl FrameSource for ModelSource {
+    fn size(&self) -> Size {
+        self.scheduler.size()
+    }
+
+    fn fps(&self) -> f64 {
+        self.scheduler.spec.fps
+    }
+
+    fn next_frame(&self) -> u64 {
+        self.next
+    }
+
+    fn set_due(&mut self, due: Instant) {
+        self.due = Some(due);
+    }
+
+    fn next_chunk(&mut self, n: usize) -> Result<Vec<Vec<u8>>, SourceError> {
+        while self.ahead.len() < n {
+            self.generate_chunk()?;
+        }
+        let frames: Vec<Vec<u8>> = self.ahead.drain(..n).collect();
+        self.next += n as u64;
+        self.behind.extend(frames.iter().cloned());
+        while self.behind.len() > self.scheduler.settings.history_frames {
+            self.behind.pop_front();
+        }
+        Ok(frames)
+    }
+
+    fn steer(&mut self, at: u64, prompt: &str, transition_secs: f64) -> Result<u64, SourceError> {
+        let at = self.boundary_from(at);
+        let per_chunk = self.scheduler.chunk_frames as f64 / self.scheduler.spec.fps;
+        let blend_chunks = (transition_secs.max(0.0) / per_chunk).round() as u64;
+        self.steers.retain(|s| s.at < at);
+        self.steers.push(Steer { at, embedding: self.scheduler.embed(prompt), blend_chunks });
+        Ok(at)
+    }
+
+    fn rewind_to(&mut self, _frame: u64) -> bool {
+        // The device state moves only forward; a steer shows after the buffered frames.
+        false
+    }
+
+    fn fork_at(&self, frame: u64) -> Box<dyn FrameSource> {
+        let key = self.scheduler.key();
+        // Frames from `frame` to the generation head come from this source's memory of them;
+        // the device state is copied at the head. (Sent before any chunk of the fork.)
+        let _ = self.scheduler.send(Command::Fork { from: self.key, to: key });
+        let start = frame.clamp(self.next - self.behind.len() as u64, self.next);
+        let skip = (start - (self.next - self.behind.len() as u64)) as usize;
+        let ahead: VecDeque<Vec<u8>> = self.behind.iter().skip(skip).chain(self.ahead.iter()).cloned().collect();
+        Box::new(ModelSource {
+            scheduler: self.scheduler.clone(),
+            key,
+            seed: self.seed,
+            next: start,
+            chunk: self.chunk,
+            head: self.head,
+            prompt: self.prompt.clone(),
+            blend: self.blend.clone(),
+            steers: self.steers.clone(),
+            ahead,
+            behind: VecDeque::new(),
+            due: self.due,
+            last_steps: self.last_steps,
+        })
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "model",
+            "seed": self.seed,
+            "size": self.size().to_string(),
+            "fps": self.fps(),
+            "pipeline": self.scheduler.settings.dir,
+            "sampler": self.scheduler.settings.sampler,
+            "context_frames": self.scheduler.settings.context_frames,
+        })
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "steps": self.last_steps,
+            "full_steps": self.scheduler.settings.sampler.steps,
+            "chunks": self.chunk,
+            "device": format!("{:?}", self.scheduler.device).to_lowercase(),
+        })
+    }
+}
+
+/// Makes a [`ModelSource`] per session; the size and rate are the pipeline's.
+pub struct ModelFactory {
+    pub scheduler: Arc<Scheduler>,
+}
+
+impl crate::registry::SourceFactory for ModelFactory {
+    fn create(&self, prompt: &str, seed: u64, size: Size, fps: f64) -> Result<Box<dyn FrameSource>, SourceError> {
+        let s = &self.scheduler;
+        if size != s.size() || (fps - s.spec.fps).abs() > 1e-9 {
+            return Err(SourceError::Unsupported(format!(
+                "this model streams {} at {} fps (asked for {size} at {fps})",
+                s.size(),
+                s.spec.fps
+            )));
+        }
+        Ok(Box::new(ModelSource::new(s.clone(), prompt, seed)))
+    }
+}

@@ -1,0 +1,148 @@
+//! The model as a frame source, on a micro pipeline trained for a few steps in the test: the
+//! context stays bounded over 1000 chunks, sessions sharing the device get the frames they get
+//! alone, a steer changes the stream from the chunk it names and no earlier, forks continue
+//! exactly and diverge only when steered apart, and a prompt timeline replays bit for bit.
+//!
+//! Needs all-MiniLM-L6-v2 (scripts/fetch-minilm.sh); skipped with a message without it unless
+//! ENDLESS_REQUIRE_MINILM is set.
+
+use endless_model::device::DeviceKind;
+use endless_model::pipeline::SamplerSettings;
+use endless_model::text::dir_for_tests;
+use endless_sessions::{FrameSource, ModelSettings, ModelSource, Scheduler};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+/// One micro pipeline for every test of this binary.
+fn pipeline_dir() -> Option<PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let text = dir_for_tests()?;
+        let dir = std::env::temp_dir().join(format!("endless-model-source-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        endless_model::train::micro_pipeline(&dir, &text, 4).expect("the micro pipeline trains");
+        Some(dir)
+    })
+    .clone()
+}
+
+fn scheduler(max_batch: usize) -> Option<Arc<Scheduler>> {
+    let dir = pipeline_dir()?;
+    let settings = ModelSettings {
+        dir,
+        text_dir: dir_for_tests()?,
+        device: DeviceKind::Cpu,
+        sampler: SamplerSettings { steps: 3, ..SamplerSettings::default() },
+        min_steps: 1,
+        context_frames: 2,
+        max_batch,
+        ema: true,
+        history_frames: 64,
+    };
+    Some(Scheduler::start(settings).expect("the scheduler starts"))
+}
+
+#[test]
+fn the_context_stays_bounded_over_a_thousand_chunks() {
+    let Some(s) = scheduler(4) else { return };
+    let mut source = ModelSource::new(s.clone(), "snowy mountains at night", 1);
+    let per_chunk = s.chunk_frames;
+    assert_eq!(s.first_chunk_frames, 9, "window 3: 1 + 4·2 frames");
+    assert_eq!(per_chunk, 4, "window 3, context 2: one new latent, 4 frames");
+    let mut bytes_after_warmup = 0;
+    for i in 0..1000 {
+        let frames = source.next_chunk(per_chunk).unwrap();
+        assert_eq!(frames.len(), per_chunk);
+        assert!(frames.iter().all(|f| f.len() == 32 * 32 * 3));
+        if i == 10 {
+            bytes_after_warmup = s.stats.stream_bytes_max.load(Ordering::SeqCst);
+        }
+    }
+    assert_eq!(s.stats.context_frames_max.load(Ordering::SeqCst), 2);
+    let bytes = s.stats.stream_bytes_max.load(Ordering::SeqCst);
+    assert!(bytes > 0 && bytes == bytes_after_warmup, "device state grew from {bytes_after_warmup} to {bytes} bytes");
+    assert_eq!(source.next_frame(), 4000);
+}
+
+/// Frames of `n` chunks of `per` frames.
+fn run(source: &mut dyn FrameSource, chunks: usize, per: usize) -> Vec<Vec<u8>> {
+    (0..chunks).flat_map(|_| source.next_chunk(per).unwrap()).collect()
+}
+
+#[test]
+fn sessions_sharing_the_device_get_the_frames_they_get_alone() {
+    let Some(alone) = scheduler(1) else { return };
+    let shared = scheduler(8).unwrap();
+    let prompts = ["a foggy morning at sea", "a desert at sunset", "a city at night in the rain"];
+    let expected: Vec<Vec<Vec<u8>>> =
+        prompts.iter().enumerate().map(|(i, p)| run(&mut ModelSource::new(alone.clone(), p, i as u64), 6, 5)).collect();
+    let threads: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut source = ModelSource::new(shared.clone(), p, i as u64);
+            std::thread::spawn(move || run(&mut source, 6, 5))
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert!(t.join().unwrap() == expected[i], "session {i} differs when it shares the device");
+    }
+    let (batches, chunks) = (shared.stats.batches.load(Ordering::SeqCst), shared.stats.chunks.load(Ordering::SeqCst));
+    eprintln!("shared scheduler: {chunks} chunks in {batches} batches");
+    assert!(batches < chunks, "three concurrent sessions were never batched ({chunks} chunks, {batches} batches)");
+}
+
+#[test]
+fn a_steer_changes_the_stream_from_the_chunk_it_names_and_replays_exactly() {
+    let Some(s) = scheduler(4) else { return };
+    let plain = run(&mut ModelSource::new(s.clone(), "green hills on a clear day", 5), 8, 4);
+
+    let mut steered = ModelSource::new(s.clone(), "green hills on a clear day", 5);
+    let mut frames = run(&mut steered, 3, 4);
+    // Asked for frame 14; the model changes at its next chunk boundary: 9 + 4k.
+    let at = steered.steer(14, "a city at night in heavy snow", 0.0).unwrap();
+    assert_eq!(at, 17);
+    frames.extend(run(&mut steered, 5, 4));
+    assert!(frames[..at as usize] == plain[..at as usize], "frames before the steer changed");
+    assert!(frames[at as usize..at as usize + 4] != plain[at as usize..at as usize + 4], "the steer changed nothing");
+
+    // Replay: a fresh source steered at the recorded frame before it gets there.
+    let mut replay = ModelSource::new(s.clone(), "green hills on a clear day", 5);
+    assert_eq!(replay.steer(at, "a city at night in heavy snow", 0.0).unwrap(), at);
+    assert!(run(&mut replay, 8, 4) == frames, "the replay differs");
+}
+
+#[test]
+fn forks_continue_exactly_and_diverge_only_when_steered_apart() {
+    let Some(s) = scheduler(4) else { return };
+    let mut parent = ModelSource::new(s.clone(), "a lake in the mountains", 9);
+    let reference = run(&mut ModelSource::new(s.clone(), "a lake in the mountains", 9), 10, 4);
+    run(&mut parent, 5, 4); // frames 0..20 returned
+    let mut fork = parent.fork_at(14);
+    assert_eq!(fork.next_frame(), 14);
+    let forked = run(fork.as_mut(), 4, 4); // frames 14..30
+    assert!(forked[..] == reference[14..30], "an unsteered fork is the same stream");
+    let at = fork.steer(30, "a stormy sea", 0.0).unwrap();
+    let fork_tail = run(fork.as_mut(), 2, 4);
+    let parent_tail = run(&mut parent, 5, 4); // frames 20..40
+    assert!(parent_tail[..] == reference[20..40], "forking changed the parent");
+    let from = (at - 30) as usize;
+    assert!(fork_tail[from..8] != parent_tail[10 + from..18], "the steered fork did not diverge");
+}
+
+#[test]
+fn under_overload_chunks_get_fewer_steps_and_say_so() {
+    let Some(s) = scheduler(4) else { return };
+    let mut source = ModelSource::new(s.clone(), "rain over the hills", 2);
+    run(&mut source, 3, 4); // no deadline: full steps, and the worker learns its speed
+    assert_eq!(source.stats()["steps"], 3);
+    assert_eq!(s.stats.reduced_chunks.load(Ordering::SeqCst), 0);
+    for _ in 0..3 {
+        // The buffer is already dry: every chunk is late at full steps.
+        source.set_due(std::time::Instant::now());
+        source.next_chunk(4).unwrap();
+    }
+    assert_eq!(source.stats()["steps"], 1, "a chunk already late gets the fewest steps");
+    assert!(s.stats.reduced_chunks.load(Ordering::SeqCst) >= 1);
+}
