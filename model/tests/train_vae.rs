@@ -104,3 +104,26 @@ fn train_resume_gives_the_weights_of_a_straight_run() {
     std::fs::remove_dir_all(&straight).ok();
     std::fs::remove_dir_all(&split).ok();
 }
+
+/// A folder of real videos as a second data source: batches decode from it (here every one).
+#[cfg(feature = "gst")]
+#[test]
+fn train_on_a_folder_of_videos() {
+    use endless_model::media::{Size, write_mp4};
+    use endless_model::world::{ClipOptions, ClipSampler, Split};
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let videos = dir("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    let o = ClipOptions { width: 48, height: 32, fps: 8.0, frames: 40, transition_probability: 0.0 };
+    let clip = ClipSampler::new(Split::Train, 4).next_clip(&o);
+    write_mp4(&videos.join("a.mp4"), Size::new(48, 32), 8.0, clip.render(true).into_iter()).unwrap();
+    let out = dir("from-videos");
+    let o = TrainVaeOptions { steps: 3, videos: Some(videos.clone()), video_fraction: 1.0, ..options(out.clone()) };
+    let summary = train_vae::<B>(&o, &Default::default()).unwrap();
+    assert_eq!(summary.rows.len(), 3);
+    assert!(summary.rows.iter().all(|r| r.loss.is_finite()));
+    let missing = TrainVaeOptions { videos: Some(videos.join("nope")), ..o };
+    assert!(train_vae::<B>(&missing, &Default::default()).is_err(), "a missing folder is an error");
+    std::fs::remove_dir_all(&videos).ok();
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -50,6 +50,10 @@ pub struct TrainVaeOptions {
     pub optim: Optimisation,
     /// Fraction of batches that are single-frame images.
     pub image_fraction: f64,
+    /// A folder of real videos, a second data source (needs the `gst` feature).
+    pub videos: Option<PathBuf>,
+    /// Fraction of batches drawn from `videos` when it is given.
+    pub video_fraction: f64,
     pub seed: u64,
     /// Output folder.
     pub out: PathBuf,
@@ -83,6 +87,8 @@ impl TrainVaeOptions {
                 ema_decay: Some(0.999),
             },
             image_fraction: 0.25,
+            videos: None,
+            video_fraction: 0.5,
             seed: 1,
             out: out.into(),
             resume: false,
@@ -111,6 +117,23 @@ impl TrainVaeOptions {
         (image, o)
     }
 
+    /// Whether batch `step` comes from the folder of real videos.
+    fn is_video_batch(&self, step: usize) -> bool {
+        let u = (noise_hash(self.seed, step as i64, 4) >> 11) as f64 / (1u64 << 53) as f64;
+        self.videos.is_some() && u < self.video_fraction
+    }
+
+    /// The clips of batch `step` from the folder of real videos, decoded in parallel: a pure
+    /// function of `(seed, step)` and the folder.
+    #[cfg(feature = "gst")]
+    fn decode_batch(&self, folder: &crate::videos::VideoFolder, step: usize) -> Result<Vec<Vec<Vec<u8>>>> {
+        let (_, o) = self.batch_options(step);
+        let mut sampler = crate::videos::VideoSampler::new(folder.clone(), noise_hash(self.seed, step as i64, 1));
+        let requests: Vec<_> =
+            (0..self.batch).map(|_| sampler.next_request(self.width, self.height, self.fps, o.frames)).collect();
+        requests.par_iter().map(|r| folder.clip(r).map(|c| c.frames).map_err(anyhow::Error::from)).collect()
+    }
+
     /// The clips of batch `step`, rendered in parallel: a pure function of `(seed, step)`.
     pub fn render_batch(&self, step: usize) -> Vec<Vec<Vec<u8>>> {
         let (_, o) = self.batch_options(step);
@@ -131,8 +154,8 @@ impl TrainVaeOptions {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
-        if !(0.0..=1.0).contains(&self.image_fraction) {
-            bail!("the image fraction must be in [0, 1]");
+        if !(0.0..=1.0).contains(&self.image_fraction) || !(0.0..=1.0).contains(&self.video_fraction) {
+            bail!("the image and video fractions must be in [0, 1]");
         }
         self.optim.validate()
     }
@@ -225,13 +248,33 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
     }
 
     let feeder_opts = o.clone();
-    let mut feeder = Feeder::start(start..o.steps, move |step| feeder_opts.render_batch(step));
+    #[cfg(feature = "gst")]
+    let folder = match &o.videos {
+        Some(dir) => {
+            Some(crate::videos::VideoFolder::open(dir).with_context(|| format!("--videos {}", dir.display()))?)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "gst"))]
+    if let Some(dir) = &o.videos {
+        bail!("--videos {}: this build cannot decode video (rebuild with the `gst` feature)", dir.display());
+    }
+    let mut feeder = Feeder::start(start..o.steps, move |step| {
+        #[cfg(feature = "gst")]
+        if let Some(folder) = &folder
+            && feeder_opts.is_video_batch(step)
+        {
+            return feeder_opts.decode_batch(folder, step);
+        }
+        Ok::<_, anyhow::Error>(feeder_opts.render_batch(step))
+    });
     let first_row = run.rows.len();
     let run_started = Instant::now();
     let (mut window_started, mut window_samples) = (Instant::now(), 0u64);
     while run.step < o.steps {
         let step = run.step;
-        let clips = feeder.next(step)?;
+        let clips = feeder.next(step)??;
+        let real = o.is_video_batch(step);
         let t = clips[0].len();
         let video = video_tensor::<B>(&clips, o.width, o.height, device);
         B::seed(device, noise_hash(o.seed, step as i64, 3));
@@ -259,12 +302,13 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
         if o.log_every > 0 && (step.is_multiple_of(o.log_every) || step == o.steps) {
             let rate = window_samples as f64 / window_started.elapsed().as_secs_f64();
             eprintln!(
-                "step {step}/{} loss {:.5} (recon {:.5}, kl {:.3}) {rate:.2} samples/s lr {lr:.2e} [{t} frame{}]",
+                "step {step}/{} loss {:.5} (recon {:.5}, kl {:.3}) {rate:.2} samples/s lr {lr:.2e} [{t} frame{}{}]",
                 o.steps,
                 row.loss,
                 row.recon,
                 row.kl,
-                if t == 1 { "" } else { "s" }
+                if t == 1 { "" } else { "s" },
+                if real { ", real video" } else { "" }
             );
             (window_started, window_samples) = (Instant::now(), 0);
         }

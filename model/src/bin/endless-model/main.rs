@@ -106,6 +106,13 @@ enum Command {
         /// Fraction of batches that are single-frame images.
         #[arg(long, default_value_t = 0.25)]
         image_fraction: f64,
+        /// A folder of real videos (mp4, mkv, webm, mov…; captions in same-named .txt files):
+        /// a second data source. Needs the `gst` feature.
+        #[arg(long)]
+        videos: Option<PathBuf>,
+        /// Fraction of batches drawn from --videos.
+        #[arg(long, default_value_t = 0.5)]
+        video_fraction: f64,
         /// Decay of the EMA of the weights; 0 turns the EMA off.
         #[arg(long, default_value_t = 0.999)]
         ema: f64,
@@ -197,6 +204,8 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             cosine,
             image_fraction,
+            videos,
+            video_fraction,
             ema,
             seed,
             out,
@@ -219,6 +228,8 @@ fn run(cli: Cli) -> Result<()> {
                     batch,
                     steps,
                     image_fraction,
+                    videos,
+                    video_fraction,
                     seed,
                     resume,
                     checkpoint_every,
