@@ -9,7 +9,7 @@ pub mod session;
 pub mod source;
 
 pub use id::{OwnerToken, SessionId};
-pub use model::{ModelFactory, ModelSettings, ModelSource, Scheduler, SchedulerStats};
+pub use model::{ModelFactory, ModelSettings, ModelSource, Scheduler, SchedulerStats, replay_source};
 pub use registry::{CreateRequest, Registry, RegistryError, SourceFactory, WorldFactory};
 pub use session::{Frame, Output, Session, SessionError, SessionInfo, Settings, ViewerGuard};
 pub use source::{FrameSource, PromptEvent, SourceError, WorldSource};

@@ -554,6 +554,7 @@ impl FrameSource for ModelSource {
             "pipeline": self.scheduler.settings.dir,
             "sampler": self.scheduler.settings.sampler,
             "context_frames": self.scheduler.settings.context_frames,
+            "ema": self.scheduler.settings.ema,
         })
     }
 
@@ -584,4 +585,33 @@ impl crate::registry::SourceFactory for ModelFactory {
         }
         Ok(Box::new(ModelSource::new(s.clone(), prompt, seed)))
     }
+}
+
+/// A fresh model source as `description` (what [`FrameSource::describe`] wrote into a
+/// recording's timeline) says, for a replay: the same pipeline, sampler and seed, on its own
+/// worker at full steps (no overload), so the stream is regenerated exactly.
+pub fn replay_source(
+    description: &serde_json::Value,
+    prompt: &str,
+    text_dir: PathBuf,
+    device: DeviceKind,
+) -> Result<ModelSource, String> {
+    let field = |key: &str| description.get(key).ok_or_else(|| format!("the source description has no {key:?}"));
+    let dir: PathBuf = serde_json::from_value(field("pipeline")?.clone()).map_err(|e| e.to_string())?;
+    let sampler: SamplerSettings = serde_json::from_value(field("sampler")?.clone()).map_err(|e| e.to_string())?;
+    let context_frames = field("context_frames")?.as_u64().ok_or("context_frames is not a number")? as usize;
+    let seed = field("seed")?.as_u64().ok_or("seed is not a number")?;
+    let ema = description.get("ema").and_then(|v| v.as_bool()).unwrap_or(true);
+    let scheduler = Scheduler::start(ModelSettings {
+        dir,
+        text_dir,
+        device,
+        sampler,
+        min_steps: sampler.steps,
+        context_frames,
+        max_batch: 1,
+        ema,
+        history_frames: 0,
+    })?;
+    Ok(ModelSource::new(scheduler, prompt, seed))
 }

@@ -6,5 +6,6 @@ pub mod encoder;
 pub mod metrics;
 pub mod protocol;
 pub mod recording;
+pub mod replay;
 pub mod server;
 pub mod stream;

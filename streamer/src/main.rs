@@ -42,6 +42,15 @@ enum Command {
     Serve,
     /// Checks the configuration and prints the settings in effect, as TOML.
     Config,
+    /// Regenerates a recording from its JSON timeline into an MP4 and checks the frames
+    /// against the recording's digest (exit status 1 when they differ).
+    Replay {
+        /// The recording's timeline, `<name>.json` beside the MP4.
+        timeline: PathBuf,
+        /// The MP4 to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 impl Cli {
@@ -88,6 +97,27 @@ fn main() -> ExitCode {
             print!("{}", toml::to_string_pretty(&config).expect("a Config always serialises"));
             ExitCode::SUCCESS
         }
+        Command::Replay { timeline, out } => match endless_streamer::replay::replay(&timeline, &out, &config) {
+            Ok(r) => {
+                let verdict = match r.exact() {
+                    Some(true) => "bit-exact: the frames equal the recorded ones",
+                    Some(false) => "NOT exact: the frames differ from the recorded ones",
+                    None => "the recording has no digest (not finalised): nothing to check against",
+                };
+                println!(
+                    "replayed {} frames from frame {} into {} ({}); {verdict}",
+                    r.frames,
+                    r.start_frame,
+                    out.display(),
+                    r.digest
+                );
+                if r.exact() == Some(false) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => match serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -51,6 +51,21 @@ pub struct Timeline {
     pub finished: bool,
     /// Frames in the file.
     pub frames: u64,
+    /// [`frames_digest`] of the raw frames behind the file's frames, written when the
+    /// recording is finalised: `endless replay` checks its frames against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames_digest: Option<String>,
+}
+
+/// FNV-1a, 64 bits: a stable hash of one raw RGB frame.
+pub fn frame_hash(rgb: &[u8]) -> u64 {
+    rgb.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The digest of a run of frames, from their [`frame_hash`]es in order.
+pub fn frames_digest(hashes: impl IntoIterator<Item = u64>) -> String {
+    let bytes: Vec<u8> = hashes.into_iter().flat_map(u64::to_le_bytes).collect();
+    format!("fnv1a64:{:016x}", frame_hash(&bytes))
 }
 
 /// A recording in progress.
@@ -63,6 +78,8 @@ pub struct Recorder {
     /// PTS of the first frame written (µs); `None` until the first keyframe arrives.
     first_pts: Option<u64>,
     frame_us: u64,
+    /// `(frame index, frame_hash)` of the raw frames since the recording started.
+    hashes: std::collections::VecDeque<(u64, u64)>,
 }
 
 /// Bytes used by the files in `dir`.
@@ -120,9 +137,18 @@ impl Recorder {
             prompts: session.history(),
             finished: false,
             frames: 0,
+            frames_digest: None,
         };
-        let recorder =
-            Recorder { pipeline, src, name, path, timeline, first_pts: None, frame_us: (1e6 / session.fps()) as u64 };
+        let recorder = Recorder {
+            pipeline,
+            src,
+            name,
+            path,
+            timeline,
+            first_pts: None,
+            frame_us: (1e6 / session.fps()) as u64,
+            hashes: Default::default(),
+        };
         recorder.write_timeline()?;
         Ok(recorder)
     }
@@ -145,6 +171,17 @@ impl Recorder {
         self.timeline.prompts = prompts;
         if let Err(e) = self.write_timeline() {
             tracing::warn!(recording = %self.name, cause = %e, "cannot update the timeline");
+        }
+    }
+
+    /// Notes the hash of a raw frame going into the encoder (before its access unit comes).
+    pub fn note_frame(&mut self, index: u64, hash: u64) {
+        self.hashes.push_back((index, hash));
+        // Frames before the file's first frame are not needed once it is known.
+        if self.first_pts.is_some() {
+            while self.hashes.front().is_some_and(|&(i, _)| i < self.timeline.start_frame) {
+                self.hashes.pop_front();
+            }
         }
     }
 
@@ -196,6 +233,11 @@ impl Recorder {
         }
         let _ = self.pipeline.set_state(gst::State::Null);
         self.timeline.finished = result.is_ok();
+        let (start, n) = (self.timeline.start_frame, self.timeline.frames);
+        let hashes: Vec<u64> =
+            self.hashes.iter().filter(|&&(i, _)| i >= start && i < start + n).map(|&(_, h)| h).collect();
+        // Only when every frame of the file was seen raw (it always is, barring a bug).
+        self.timeline.frames_digest = (hashes.len() as u64 == n).then(|| frames_digest(hashes));
         self.write_timeline()?;
         result.map(|()| self.name.clone())
     }

@@ -93,6 +93,9 @@ impl SessionStream {
         while let Some(out) = output.recv().await {
             match out {
                 Output::Frame(f) => {
+                    if let Some(r) = lock(&self.shared.recorder).as_mut() {
+                        r.note_frame(f.index, crate::recording::frame_hash(&f.rgb));
+                    }
                     if let Err(e) = self.encoder.push(&f.rgb, f.pts_ns, f.duration_ns) {
                         tracing::error!(session = %self.session.id, cause = %e, "encoder failed");
                         let _ = self.events.send(ServerMessage::Ended { reason: "the encoder failed".into() });

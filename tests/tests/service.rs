@@ -319,3 +319,56 @@ async fn the_model_source_streams_its_pipeline() {
     assert!(frame >= 9 && (frame - 9).is_multiple_of(4), "the steer lands on a chunk boundary: {steered}");
     c.media(8, &mut texts).await;
 }
+
+/// `endless replay` regenerates a recording with a steer in it from its timeline, bit for bit
+/// (checked against the digest of the recorded raw frames), and says so when it cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_replays_bit_exactly_from_its_timeline() {
+    let server = TestServer::start(&[]);
+    let mut c = Client::connect(&server).await;
+    c.create_and_watch("a forest on a cloudy day, camera drifting left").await;
+    let mut texts = Vec::new();
+    c.media(FPS as usize, &mut texts).await;
+    c.send(json!({"type": "record", "on": true})).await;
+    let name = c.expect("recording").await["name"].as_str().unwrap().to_string();
+    c.media(2 * FPS as usize, &mut texts).await;
+    c.send(json!({"type": "steer", "prompt": "heavy snow at night", "transition_secs": 0.5})).await;
+    c.expect("prompt").await;
+    c.media(2 * FPS as usize, &mut texts).await;
+    c.send(json!({"type": "record", "on": false})).await;
+    while c.expect("recording").await["on"] != false {}
+    let timeline_path = server.recordings.path().join(&name).with_extension("json");
+    let timeline: Value = serde_json::from_slice(&std::fs::read(&timeline_path).unwrap()).unwrap();
+    assert_eq!(timeline["prompts"].as_array().unwrap().len(), 2, "{timeline}");
+    assert!(timeline["frames_digest"].as_str().unwrap().starts_with("fnv1a64:"), "{timeline}");
+
+    let out = server.recordings.path().join("replay.mp4");
+    let replay = |timeline: &std::path::Path| {
+        std::process::Command::new(endless_tests::binary("endless"))
+            .arg("replay")
+            .arg(timeline)
+            .arg("--out")
+            .arg(&out)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("endless replay runs")
+    };
+    let result = replay(&timeline_path);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success() && stdout.contains("bit-exact"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let frames = decode_file(&out);
+    assert_eq!(frames.len() as u64, timeline["frames"].as_u64().unwrap());
+
+    // Another seed is another stream: the replay says it is not the recording.
+    let mut other = timeline.clone();
+    other["seed"] = json!(6);
+    let other_path = server.recordings.path().join("other.json");
+    std::fs::write(&other_path, other.to_string()).unwrap();
+    let result = replay(&other_path);
+    assert!(!result.status.success(), "a different stream passed as exact");
+    assert!(String::from_utf8_lossy(&result.stdout).contains("NOT exact"));
+}
