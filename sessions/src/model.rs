@@ -278,24 +278,38 @@ fn run<B: Backend>(
             })
             .collect();
         let sampler = SamplerSettings { steps, ..settings.sampler };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.generate(&requests, &sampler)));
-        let denoised = started.elapsed().as_secs_f64();
-        let latents = match result {
-            Ok(latents) => latents,
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "the denoiser panicked".into());
-                for job in batch {
-                    let _ = job.reply.send(Err(why.clone()));
-                }
-                continue;
-            }
+        let attempt = |requests: &[ChunkRequest<B>]| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.generate(requests, &sampler))).map_err(
+                |panic| {
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "the denoiser panicked".into())
+                },
+            )
         };
+        // A failed batch is retried chunk by chunk, so that only the chunk that fails alone
+        // fails (and its session ends with the error); the others go on.
+        let results: Vec<Result<Tensor<B, 4>, String>> = match attempt(&requests) {
+            Ok(latents) => latents.into_iter().map(Ok).collect(),
+            Err(why) if requests.len() == 1 => vec![Err(why)],
+            Err(_) => requests.iter().map(|r| attempt(std::slice::from_ref(r)).map(|mut l| l.remove(0))).collect(),
+        };
+        let denoised = started.elapsed().as_secs_f64();
+        let mut done = Vec::new();
+        for (job, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(latents) => done.push((job, latents)),
+                Err(why) => {
+                    tracing::error!(cause = %why, "a chunk failed");
+                    slots.remove(&job.key);
+                    let _ = job.reply.send(Err(why));
+                }
+            }
+        }
         let decode_started = Instant::now();
-        for (job, new) in batch.into_iter().zip(latents) {
+        for (job, new) in done {
             let slot = slots.entry(job.key).or_insert_with(|| Slot { context: None, decoder: StreamState::default() });
             let video = pipeline.decode_stream(new.clone().unsqueeze_dim(0), &mut slot.decoder);
             let frames = endless_model::data::video_frames(video).remove(0);
