@@ -16,11 +16,14 @@
 //! stalls, and the chunk reports the steps it got. Noise is drawn per stream and chunk, so a
 //! chunk is the same whatever shares its batch.
 //!
-//! **Steering** takes effect at the next chunk the model generates (the frames already buffered
-//! keep the old prompt) and returns that chunk's first frame, so a recording's prompt timeline
-//! replays exactly. The pooled prompt embedding — which drives every block's adaLN — blends
-//! linearly from the old prompt to the new over the chunks of the transition; the text tokens
-//! of cross-attention switch at the blend's midpoint.
+//! **Steering** takes effect at the first chunk boundary at or after the steer's frame. When
+//! that chunk was already generated (it sits in a buffer), generation rolls back to it: the
+//! worker keeps the stream's state before each of its last [`SNAPSHOTS`] chunks and the source
+//! its frames, so the frames before the boundary stay and the chunks after it are made again —
+//! the new prompt shows a chunk after the steer, not after the buffer. The boundary is returned,
+//! so a recording's prompt timeline replays exactly. The pooled prompt embedding — which drives
+//! every block's adaLN — blends linearly from the old prompt to the new over the chunks of the
+//! transition; the tokens of cross-attention switch at the blend's midpoint.
 
 use crate::source::{FrameSource, SourceError};
 use burn::tensor::Tensor;
@@ -100,6 +103,11 @@ enum Command {
         to: u64,
     },
     Drop(u64),
+    /// Restores stream `key` to its state before chunk `chunk` (one of its last [`SNAPSHOTS`]).
+    Rewind {
+        key: u64,
+        chunk: u64,
+    },
 }
 
 /// A stream's state on the device.
@@ -107,13 +115,26 @@ struct Slot<B: Backend> {
     /// `[c, k, h, w]`: the last `k ≤ context_frames` latents.
     context: Option<Tensor<B, 4>>,
     decoder: StreamState<B>,
+    /// `(chunk, context, decoder)` before each of the last [`SNAPSHOTS`] chunks, so that a steer
+    /// can regenerate the chunks still buffered.
+    snapshots: VecDeque<(u64, Option<Tensor<B, 4>>, StreamState<B>)>,
+}
+
+impl<B: Backend> Default for Slot<B> {
+    fn default() -> Self {
+        Slot { context: None, decoder: StreamState::default(), snapshots: VecDeque::new() }
+    }
 }
 
 impl<B: Backend> Clone for Slot<B> {
     fn clone(&self) -> Self {
-        Slot { context: self.context.clone(), decoder: self.decoder.clone() }
+        Slot { context: self.context.clone(), decoder: self.decoder.clone(), snapshots: self.snapshots.clone() }
     }
 }
+
+/// Chunks a stream can be rolled back over: more than a session buffers (the server's
+/// default buffers 24 frames, three chunks of the cpu tier).
+pub const SNAPSHOTS: usize = 8;
 
 /// The handle to one device's worker.
 pub struct Scheduler {
@@ -238,6 +259,18 @@ fn run<B: Backend>(
                 slots.remove(&key);
                 pending.retain(|j| j.key != key);
             }
+            Command::Rewind { key, chunk } => {
+                if let Some(slot) = slots.get_mut(&key) {
+                    match slot.snapshots.iter().position(|(c, ..)| *c == chunk) {
+                        Some(i) => {
+                            let (_, context, decoder) = slot.snapshots[i].clone();
+                            slot.snapshots.truncate(i);
+                            (slot.context, slot.decoder) = (context, decoder);
+                        }
+                        None => tracing::error!(key, chunk, "rewind to a chunk without a snapshot"),
+                    }
+                }
+            }
         };
         if pending.is_empty() {
             match rx.recv() {
@@ -310,7 +343,11 @@ fn run<B: Backend>(
         }
         let decode_started = Instant::now();
         for (job, new) in done {
-            let slot = slots.entry(job.key).or_insert_with(|| Slot { context: None, decoder: StreamState::default() });
+            let slot = slots.entry(job.key).or_default();
+            slot.snapshots.push_back((job.chunk, slot.context.clone(), slot.decoder.clone()));
+            if slot.snapshots.len() > SNAPSHOTS {
+                slot.snapshots.pop_front();
+            }
             let video = pipeline.decode_stream(new.clone().unsqueeze_dim(0), &mut slot.decoder);
             let frames = endless_model::data::video_frames(video).remove(0);
             let all = match slot.context.take() {
@@ -319,7 +356,12 @@ fn run<B: Backend>(
             };
             let n = all.dims()[1];
             let context = all.narrow(1, n - k.min(n), k.min(n));
-            let bytes = context.shape().num_elements() * 4 + slot.decoder.bytes();
+            let snapshot_bytes: usize = slot
+                .snapshots
+                .iter()
+                .map(|(_, c, d)| c.as_ref().map_or(0, |c| c.shape().num_elements() * 4) + d.bytes())
+                .sum();
+            let bytes = context.shape().num_elements() * 4 + slot.decoder.bytes() + snapshot_bytes;
             stats.context_frames_max.fetch_max(context.dims()[1] as u64, Ordering::Relaxed);
             stats.stream_bytes_max.fetch_max(bytes as u64, Ordering::Relaxed);
             slot.context = Some(context);
@@ -374,10 +416,14 @@ pub struct ModelSource {
     steers: Vec<Steer>,
     /// Frames generated and not yet returned, from `next` on.
     ahead: VecDeque<Vec<u8>>,
-    /// Frames returned lately, ending at `next` (for forks).
+    /// Frames returned lately, from frame `behind_from` on (for forks and rewinds).
     behind: VecDeque<Vec<u8>>,
+    behind_from: u64,
     due: Option<Instant>,
     last_steps: usize,
+    /// `(chunk, first frame, prompt, blend)` before each of the last [`SNAPSHOTS`] chunks: where
+    /// a steer can roll generation back to.
+    starts: VecDeque<(u64, u64, Arc<TextEmbedding>, Option<Blend>)>,
 }
 
 impl ModelSource {
@@ -396,8 +442,10 @@ impl ModelSource {
             steers: Vec::new(),
             ahead: VecDeque::new(),
             behind: VecDeque::new(),
+            behind_from: 0,
             due: None,
             last_steps: 0,
+            starts: VecDeque::new(),
         }
     }
 
@@ -444,6 +492,10 @@ impl ModelSource {
     }
 
     fn generate_chunk(&mut self) -> Result<(), SourceError> {
+        self.starts.push_back((self.chunk, self.head, self.prompt.clone(), self.blend.clone()));
+        if self.starts.len() > SNAPSHOTS {
+            self.starts.pop_front();
+        }
         let text = self.embedding_for_next_chunk();
         let (reply, answer) = mpsc::sync_channel(1);
         self.scheduler.send(Command::Generate(Job {
@@ -517,21 +569,52 @@ impl FrameSource for ModelSource {
         while self.behind.len() > self.scheduler.settings.history_frames {
             self.behind.pop_front();
         }
+        self.behind_from = self.next - self.behind.len() as u64;
         Ok(frames)
     }
 
     fn steer(&mut self, at: u64, prompt: &str, transition_secs: f64) -> Result<u64, SourceError> {
-        let at = self.boundary_from(at);
+        let embedding = self.scheduler.embed(prompt);
+        // The first chunk from `at` on that can still be regenerated: frames before it and
+        // from `at` must still be in memory (returned frames only back to `behind`).
+        let oldest = self.behind_from;
+        let restorable = self.starts.iter().position(|&(_, start, ..)| start >= at && at >= oldest);
+        let at = match restorable {
+            Some(i) => {
+                let (chunk, start, prompt, blend) = self.starts[i].clone();
+                self.starts.truncate(i);
+                self.scheduler.send(Command::Rewind { key: self.key, chunk })?;
+                (self.chunk, self.head, self.prompt, self.blend) = (chunk, start, prompt, blend);
+                // Frames from `start` on are regenerated: forget them.
+                if start >= self.next {
+                    self.ahead.truncate((start - self.next) as usize);
+                } else {
+                    self.ahead.clear();
+                    self.behind.truncate((start - oldest) as usize);
+                }
+                start
+            }
+            None => self.boundary_from(at),
+        };
         let per_chunk = self.scheduler.chunk_frames as f64 / self.scheduler.spec.fps;
         let blend_chunks = (transition_secs.max(0.0) / per_chunk).round() as u64;
         self.steers.retain(|s| s.at < at);
-        self.steers.push(Steer { at, embedding: self.scheduler.embed(prompt), blend_chunks });
+        self.steers.push(Steer { at, embedding, blend_chunks });
         Ok(at)
     }
 
-    fn rewind_to(&mut self, _frame: u64) -> bool {
-        // The device state moves only forward; a steer shows after the buffered frames.
-        false
+    fn rewind_to(&mut self, frame: u64) -> bool {
+        // Frames returned from `frame` on come again: those before the steer's chunk from
+        // memory, the rest regenerated (the steer rolled generation back to its chunk).
+        let oldest = self.behind_from;
+        if frame < oldest || frame >= self.next {
+            return frame == self.next;
+        }
+        let mut again = self.behind.split_off((frame - oldest) as usize);
+        again.extend(self.ahead.drain(..));
+        self.ahead = again;
+        self.next = frame;
+        true
     }
 
     fn fork_at(&self, frame: u64) -> Box<dyn FrameSource> {
@@ -539,8 +622,8 @@ impl FrameSource for ModelSource {
         // Frames from `frame` to the generation head come from this source's memory of them;
         // the device state is copied at the head. (Sent before any chunk of the fork.)
         let _ = self.scheduler.send(Command::Fork { from: self.key, to: key });
-        let start = frame.clamp(self.next - self.behind.len() as u64, self.next);
-        let skip = (start - (self.next - self.behind.len() as u64)) as usize;
+        let start = frame.clamp(self.behind_from, self.next);
+        let skip = (start - self.behind_from) as usize;
         let ahead: VecDeque<Vec<u8>> = self.behind.iter().skip(skip).chain(self.ahead.iter()).cloned().collect();
         Box::new(ModelSource {
             scheduler: self.scheduler.clone(),
@@ -554,8 +637,10 @@ impl FrameSource for ModelSource {
             steers: self.steers.clone(),
             ahead,
             behind: VecDeque::new(),
+            behind_from: start,
             due: self.due,
             last_steps: self.last_steps,
+            starts: self.starts.clone(),
         })
     }
 

@@ -146,3 +146,25 @@ fn under_overload_chunks_get_fewer_steps_and_say_so() {
     assert_eq!(source.stats()["steps"], 1, "a chunk already late gets the fewest steps");
     assert!(s.stats.reduced_chunks.load(Ordering::SeqCst) >= 1);
 }
+
+/// A steer into frames already generated (and even returned) rolls generation back to the
+/// first chunk it can regenerate: the frames before it stay, the chunks after it are made
+/// again with the new prompt — exactly what a replay with the steer at that frame makes.
+#[test]
+fn a_steer_rolls_back_the_buffered_chunks_and_equals_its_replay() {
+    let Some(s) = scheduler(4) else { return };
+    let mut source = ModelSource::new(s.clone(), "green hills on a clear day", 7);
+    let first = run(&mut source, 1, 24); // frames 0..24 returned; chunks start at 0, 9, 13, 17, 21
+    let at = source.steer(14, "a city at night in heavy snow", 0.0).unwrap();
+    assert_eq!(at, 17, "the first chunk boundary after frame 14");
+    assert!(source.rewind_to(14), "frames 14.. come again");
+    assert_eq!(source.next_frame(), 14);
+    let again = run(&mut source, 4, 4); // frames 14..30
+    assert!(again[..3] == first[14..17], "frames before the steer's chunk are kept");
+    assert!(again[3..7] != first[17..21], "the steer changed nothing");
+
+    let mut replay = ModelSource::new(s.clone(), "green hills on a clear day", 7);
+    assert_eq!(replay.steer(17, "a city at night in heavy snow", 0.0).unwrap(), 17);
+    let replayed = run(&mut replay, 1, 30);
+    assert!(replayed[..14] == first[..14] && replayed[14..30] == again[..], "the rolled-back stream is not its replay");
+}
