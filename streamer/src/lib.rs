@@ -1,6 +1,7 @@
 //! The endless service: configuration, the HTTP and WebSocket server, GStreamer encoding,
 //! fan-out to viewers and recordings.
 
+pub mod bench;
 pub mod config;
 pub mod encoder;
 pub mod metrics;

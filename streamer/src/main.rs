@@ -42,6 +42,20 @@ enum Command {
     Serve,
     /// Checks the configuration and prints the settings in effect, as TOML.
     Config,
+    /// Measures the model source: per-session generation rate and real-time factor for 1, 2,
+    /// 4, … concurrent sessions on one device until real time breaks; prints a table and writes
+    /// JSON. Uses the [model] settings.
+    Bench {
+        /// Seconds of video each session generates per measurement.
+        #[arg(long, default_value_t = 8.0)]
+        seconds: f64,
+        /// Most concurrent sessions tried.
+        #[arg(long, default_value_t = 64)]
+        max_sessions: usize,
+        /// JSON output.
+        #[arg(long, default_value = "bench.json")]
+        json: PathBuf,
+    },
     /// Regenerates a recording from its JSON timeline into an MP4 and checks the frames
     /// against the recording's digest (exit status 1 when they differ).
     Replay {
@@ -96,6 +110,25 @@ fn main() -> ExitCode {
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config).expect("a Config always serialises"));
             ExitCode::SUCCESS
+        }
+        Command::Bench { seconds, max_sessions, json } => {
+            println!(
+                "| sessions | first frame mean (s) | first frame worst (s) | fps per session | fps total | real-time factor | chunks per batch |"
+            );
+            println!("|---|---|---|---|---|---|---|");
+            match endless_streamer::bench::run(&config, seconds, max_sessions) {
+                Ok(rows) => match std::fs::write(&json, serde_json::to_string_pretty(&rows).expect("rows serialise")) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: writing {}: {e}", json.display());
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Replay { timeline, out } => match endless_streamer::replay::replay(&timeline, &out, &config) {
             Ok(r) => {

@@ -149,7 +149,7 @@ impl AppState {
 }
 
 /// The model source's settings from the configuration.
-fn model_settings(config: &Config) -> ModelSettings {
+pub fn model_settings(config: &Config) -> ModelSettings {
     use crate::config::ExtendMode as Mode;
     use endless_model::pipeline::{ExtendMode, SamplerSettings};
     let m = &config.model;

@@ -17,6 +17,19 @@ use std::time::Instant;
 
 /// Runs `$f::<Backend>(&device, args…)` on the resolved device.
 macro_rules! on_device {
+    // Training in bf16 (weights, activations and optimiser state: burn has no mixed precision):
+    // CUDA only.
+    ($kind:expr, $f:ident, autodiff_bf16, $($arg:expr),*) => {
+        match resolve($kind).map_err(anyhow::Error::msg)? {
+            Resolved::Cpu => bail!("--precision bf16 needs the CUDA device (the CPU backend trains in f32)"),
+            #[cfg(feature = "cuda")]
+            Resolved::Cuda => {
+                $f::<burn::backend::Autodiff<burn::backend::Cuda<burn::tensor::bf16>>>(&Default::default(), $($arg),*)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Resolved::Cuda => unreachable!("resolve refuses cuda without the feature"),
+        }
+    };
     ($kind:expr, $f:ident, autodiff, $($arg:expr),*) => {
         match resolve($kind).map_err(anyhow::Error::msg)? {
             Resolved::Cpu => $f::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default(), $($arg),*),
@@ -108,6 +121,9 @@ pub struct TrainArgs {
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceKind,
+    /// f32, or bf16 on CUDA (checkpoints are written in f32 either way).
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
@@ -142,7 +158,11 @@ pub fn train(args: TrainArgs) -> Result<()> {
         ema_decay: (args.ema > 0.0).then_some(args.ema),
         ..o
     });
-    on_device!(args.device, train_on, autodiff, &options)
+    match args.precision.as_str() {
+        "f32" => on_device!(args.device, train_on, autodiff, &options),
+        "bf16" => on_device!(args.device, train_on, autodiff_bf16, &options),
+        other => bail!("unknown --precision {other:?}: f32 or bf16"),
+    }
 }
 
 fn train_on<B: AutodiffBackend>(device: &B::Device, options: &TrainDenoiserOptions) -> Result<()> {
