@@ -55,6 +55,9 @@ enum Command {
         /// JSON output.
         #[arg(long, default_value = "bench.json")]
         json: PathBuf,
+        /// Keep doubling the sessions after real time breaks (up to --max-sessions).
+        #[arg(long)]
+        past_realtime: bool,
     },
     /// Regenerates a recording from its JSON timeline into an MP4 and checks the frames
     /// against the recording's digest (exit status 1 when they differ).
@@ -111,12 +114,12 @@ fn main() -> ExitCode {
             print!("{}", toml::to_string_pretty(&config).expect("a Config always serialises"));
             ExitCode::SUCCESS
         }
-        Command::Bench { seconds, max_sessions, json } => {
+        Command::Bench { seconds, max_sessions, json, past_realtime } => {
             println!(
                 "| sessions | first frame mean (s) | first frame worst (s) | fps per session | fps total | real-time factor | chunks per batch |"
             );
             println!("|---|---|---|---|---|---|---|");
-            match endless_streamer::bench::run(&config, seconds, max_sessions) {
+            match endless_streamer::bench::run(&config, seconds, max_sessions, past_realtime) {
                 Ok(rows) => match std::fs::write(&json, serde_json::to_string_pretty(&rows).expect("rows serialise")) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
