@@ -8,14 +8,17 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
-use endless_model::checkpoint::{self, Precision};
-use endless_model::dit::DenoiserConfig;
 use endless_model::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings};
 use endless_model::text::{TextEncoder, dir_for_tests};
-use endless_model::train::{Optimisation, TrainDenoiserOptions, read_loss_csv, train_denoiser};
-use endless_model::vae::{StreamState, VaeConfig};
+use endless_model::train::{
+    Optimisation, TrainDenoiserOptions, micro_options, micro_vae, read_loss_csv, train_denoiser,
+};
+use endless_model::vae::StreamState;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+mod common;
+use common::max_weight_diff;
 
 type B = Autodiff<Flex>;
 
@@ -28,52 +31,12 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
-/// A tiny VAE with its initial weights, saved as a checkpoint: a fixed encoder is all the
-/// denoiser's training needs.
 fn vae_checkpoint(dir: &Path) -> PathBuf {
-    let path = dir.join("vae-init.safetensors");
-    let config = VaeConfig::tiny().with_channels(vec![8, 16, 16, 16]);
-    <Flex as burn::tensor::backend::Backend>::seed(&Default::default(), 3);
-    let vae = config.init::<Flex>(&Default::default());
-    checkpoint::save(&vae, &config, &serde_json::json!({}), &path, Precision::F32).unwrap();
-    path
+    micro_vae(dir).unwrap()
 }
 
 fn options(vae: &Path, text: &Path, out: PathBuf) -> TrainDenoiserOptions {
-    let config = DenoiserConfig::tiny().with_hidden_size(64).with_depth(2).with_num_heads(2).with_frequency_dim(64);
-    TrainDenoiserOptions {
-        width: 32,
-        height: 32,
-        window: 3,
-        lead: 1,
-        batch: 2,
-        log_every: 0,
-        checkpoint_every: 0,
-        stats_batches: 1,
-        ..TrainDenoiserOptions::new(config, vae, text, out)
-    }
-    .with_optim(|o| Optimisation { warmup: 0, lr: 2e-3, ema_decay: Some(0.9), ..o })
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn max_weight_diff(a: &Path, b: &Path) -> f32 {
-    let (a, b) = (tensors(a), tensors(b));
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).flat_map(|((_, va), (_, vb))| va.iter().zip(vb).map(|(x, y)| (x - y).abs())).fold(0.0, f32::max)
+    micro_options(vae, text, &out)
 }
 
 fn max_diff(a: &Tensor<Flex, 4>, b: &Tensor<Flex, 4>) -> f32 {

@@ -8,8 +8,11 @@ use burn::backend::{Autodiff, Flex};
 use endless_model::checkpoint;
 use endless_model::train::{Optimisation, TrainVaeOptions, read_loss_csv, train_vae};
 use endless_model::vae::VaeConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
+
+mod common;
+use common::max_weight_diff;
 
 type B = Autodiff<Flex>;
 
@@ -54,34 +57,6 @@ fn train_a_few_steps_lower_the_loss() {
     std::fs::remove_dir_all(&out).ok();
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn max_diff(a: &Path, b: &Path) -> f32 {
-    let (a, b) = (tensors(a), tensors(b));
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0f32;
-    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        for (x, y) in va.iter().zip(vb) {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    worst
-}
-
 #[test]
 fn train_resume_gives_the_weights_of_a_straight_run() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,7 +72,7 @@ fn train_resume_gives_the_weights_of_a_straight_run() {
     assert_eq!(b.start_step, 3);
     assert_eq!(a.rows[3..], b.rows[..], "the resumed steps see the same batches and losses");
     for f in ["vae.safetensors", "vae-ema.safetensors"] {
-        let d = max_diff(&straight.join(f), &split.join(f));
+        let d = max_weight_diff(&straight.join(f), &split.join(f));
         assert!(d <= 1e-6, "{f}: resumed weights differ by {d}");
     }
     assert_eq!(read_loss_csv(&split.join("loss.csv")).unwrap(), a.rows);

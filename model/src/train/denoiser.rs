@@ -470,32 +470,43 @@ pub fn step_loss<B: AutodiffBackend>(
     (v - target).square().mean()
 }
 
-/// Trains a very small pipeline (an untrained VAE of 8–16 channels, a 2-block denoiser 64 wide)
-/// for `steps` steps at 32×32 into `out`: seconds of CPU, for tests of everything that loads a
-/// pipeline. What it generates is noise-like; its structure is the real one.
-pub fn micro_pipeline(out: &Path, text: &Path, steps: usize) -> Result<()> {
-    type B = burn::backend::Autodiff<burn::backend::Flex>;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let vae_path = out.join("vae-init.safetensors");
-    let vae_config = VaeConfig::tiny().with_channels(vec![8, 16, 16, 16]);
+/// A very small VAE (8–16 channels) with its initial weights, saved into `dir`: a fixed encoder
+/// is all a denoiser's training needs, for tests.
+pub fn micro_vae(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("vae-init.safetensors");
+    let config = VaeConfig::tiny().with_channels(vec![8, 16, 16, 16]);
     let device = Default::default();
     burn::backend::Flex::seed(&device, 3);
-    let vae = vae_config.init::<burn::backend::Flex>(&device);
-    checkpoint::save(&vae, &vae_config, &serde_json::json!({}), &vae_path, Precision::F32)?;
+    let vae = config.init::<burn::backend::Flex>(&device);
+    checkpoint::save(&vae, &config, &serde_json::json!({}), &path, Precision::F32)?;
+    Ok(path)
+}
+
+/// Options for a 2-block denoiser 64 wide on 32×32 clips (windows of 3 latent frames, batch 2,
+/// no warm-up, lr 2e-3): seconds per dozen steps on the CPU, for tests.
+pub fn micro_options(vae: &Path, text: &Path, out: &Path) -> TrainDenoiserOptions {
     let config = DenoiserConfig::tiny().with_hidden_size(64).with_depth(2).with_num_heads(2).with_frequency_dim(64);
-    let o = TrainDenoiserOptions {
+    TrainDenoiserOptions {
         width: 32,
         height: 32,
         window: 3,
         lead: 1,
         batch: 2,
-        steps,
         log_every: 0,
         checkpoint_every: 0,
         stats_batches: 1,
-        ..TrainDenoiserOptions::new(config, &vae_path, text, out)
+        ..TrainDenoiserOptions::new(config, vae, text, out)
     }
-    .with_optim(|o| Optimisation { warmup: 0, lr: 2e-3, ema_decay: Some(0.9), ..o });
-    train_denoiser::<B>(&o, &device)?;
+    .with_optim(|o| Optimisation { warmup: 0, lr: 2e-3, ema_decay: Some(0.9), ..o })
+}
+
+/// Trains a micro pipeline ([`micro_vae`], [`micro_options`]) for `steps` steps into `out`:
+/// seconds of CPU, for tests of everything that loads a pipeline. What it generates is
+/// noise-like; its structure is the real one.
+pub fn micro_pipeline(out: &Path, text: &Path, steps: usize) -> Result<()> {
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    let vae = micro_vae(out)?;
+    train_denoiser::<B>(&TrainDenoiserOptions { steps, ..micro_options(&vae, text, out) }, &Default::default())?;
     Ok(())
 }

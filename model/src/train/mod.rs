@@ -7,6 +7,6 @@ pub mod plot;
 pub mod vae;
 
 pub use common::{LrSchedule, Optimisation};
-pub use denoiser::{TrainDenoiserOptions, micro_pipeline, train_denoiser};
+pub use denoiser::{TrainDenoiserOptions, micro_options, micro_pipeline, micro_vae, train_denoiser};
 pub use plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
 pub use vae::{TrainSummary, TrainVaeOptions, train_vae};
