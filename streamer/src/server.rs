@@ -3,7 +3,10 @@
 
 use crate::config::{Config, Source};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::{ClientMessage, Codec, Create, MediaHeader, ServerMessage, Track, now_us};
+use crate::protocol::{
+    ClientMessage, Codec, Create, Incoming, MediaHeader, ProtocolError, ServerMessage, Track, close, decode_client,
+    now_us,
+};
 use crate::recording;
 use crate::stream::SessionStream;
 use axum::body::Body;
@@ -279,38 +282,119 @@ async fn connection(state: Arc<AppState>, socket: WebSocket) {
         let _ = sink.close().await;
     });
     let mut watching: Option<Watching> = None;
+    let max = state.config.server.max_message_bytes.get() as usize;
+    let mut budget = ErrorBudget::new();
     loop {
         let msg = tokio::select! {
             m = incoming.next() => m,
             _ = state.closing.cancelled() => {
-                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                let _ = tx.send(close_frame(close::GOING_AWAY, "server shutting down")).await;
                 break;
             }
         };
-        let Some(Ok(msg)) = msg else { break };
-        let reply = match msg {
-            Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
-                Ok(req) => {
-                    let kind = req.kind();
-                    handle(&state, req, &mut watching, &tx).await.err().map(|Refusal(m)| (m, kind.to_string()))
+        let msg = match msg {
+            None => break,
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                // The WebSocket layer refused what arrived; the stream cannot be read further.
+                if let Some((code, reason)) = read_error_close(e, max) {
+                    state.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(close_frame(code, &reason)).await;
                 }
-                Err(e) => Some((format!("not a valid request: {e}"), "unknown".into())),
-            },
-            Message::Binary(_) => Some(("binary messages are not accepted; send JSON text".into(), "binary".into())),
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => None,
-        };
-        if let Some((message, request)) = reply {
-            state.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
-            if send(&tx, ServerMessage::Error { message, request }).await.is_err() {
                 break;
             }
+        };
+        let decoded = match &msg {
+            Message::Text(text) => decode_client(Incoming::Text(text.as_str()), max),
+            Message::Binary(bytes) => decode_client(Incoming::Binary(bytes), max),
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        let refused = match decoded {
+            Ok(req) => {
+                let request = req.kind();
+                handle(&state, req, &mut watching, &tx).await.err().map(|Refusal(message)| ProtocolError {
+                    message,
+                    request,
+                    close: None,
+                })
+            }
+            Err(e) => Some(e),
+        };
+        let Some(e) = refused else { continue };
+        state.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(code) = e.close {
+            let _ = tx.send(close_frame(code, &e.message)).await;
+            break;
+        }
+        if !budget.spend() {
+            tracing::info!("closing a connection that keeps sending invalid requests");
+            let _ = tx.send(close_frame(close::POLICY_VIOLATION, "too many invalid requests")).await;
+            break;
+        }
+        if send(&tx, ServerMessage::Error { message: e.message, request: e.request.into() }).await.is_err() {
+            break;
         }
     }
     drop(watching);
     drop(tx);
     let _ = writer.await;
     state.metrics.ws_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Refused requests a connection may make in a burst before it is cut off (close 1008).
+const ERROR_BURST: f64 = 256.0;
+/// Refused requests per second a connection may keep making: far more than a page that
+/// steers too fast now and then, far fewer than a client flooding garbage.
+const ERROR_REFILL_PER_SEC: f64 = 32.0;
+
+/// A token bucket of refusals: a client that only sends garbage costs the server a parse
+/// and a reply per message, so it is cut off rather than answered forever.
+struct ErrorBudget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl ErrorBudget {
+    fn new() -> Self {
+        ErrorBudget { tokens: ERROR_BURST, at: std::time::Instant::now() }
+    }
+
+    /// Takes one refusal from the budget; false when it is spent.
+    fn spend(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * ERROR_REFILL_PER_SEC).min(ERROR_BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// A close message; the reason is cut to the 123 bytes a close frame can carry.
+fn close_frame(code: u16, reason: &str) -> Message {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame { code, reason: reason[..end].into() }))
+}
+
+/// The close code and reason for a message the WebSocket layer could not read: too big
+/// (1009), text that is not UTF-8 (1007), broken framing (1002). `None` when the peer is
+/// simply gone.
+fn read_error_close(e: axum::Error, max: usize) -> Option<(u16, String)> {
+    use tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    let ws = inner.downcast_ref::<WsError>()?;
+    Some(match ws {
+        WsError::Capacity(_) => (close::TOO_BIG, format!("message over the limit of {max} bytes")),
+        WsError::Utf8(_) => (close::INVALID_DATA, "text message is not UTF-8".into()),
+        WsError::Protocol(p) => (close::PROTOCOL_ERROR, format!("WebSocket protocol error: {p}")),
+        _ => return None,
+    })
 }
 
 async fn send(tx: &mpsc::Sender<Message>, m: ServerMessage) -> Result<(), ()> {
@@ -374,8 +458,8 @@ async fn handle(
             stream.note_prompts();
             let _ = stream.events.send(ServerMessage::Prompt { prompt: stream.session.prompt(), frame });
         }
-        ClientMessage::Pause | ClientMessage::Resume => {
-            let paused = matches!(req, ClientMessage::Pause);
+        ClientMessage::Pause {} | ClientMessage::Resume {} => {
+            let paused = matches!(req, ClientMessage::Pause {});
             let (stream, token) = owned(watching)?;
             stream.session.set_paused(token, paused)?;
             let _ = stream.events.send(ServerMessage::State { paused });
@@ -390,7 +474,7 @@ async fn handle(
                 tokio::spawn(async move { stream.stop_recording().await });
             }
         }
-        ClientMessage::Fork => {
+        ClientMessage::Fork {} => {
             let (stream, token) = owned(watching)?;
             let (session, new_token) = state.registry.fork(&stream.session.id, token)?;
             state.metrics.sessions_created.fetch_add(1, Ordering::Relaxed);
@@ -401,7 +485,7 @@ async fn handle(
             )
             .await;
         }
-        ClientMessage::Close => {
+        ClientMessage::Close {} => {
             let (stream, token) = owned(watching)?;
             let id = stream.session.id.clone();
             state.registry.close(&id, token)?;

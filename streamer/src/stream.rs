@@ -114,10 +114,12 @@ impl SessionStream {
         }
     }
 
-    /// Packets for a new viewer. A keyframe is forced so it can start soon.
+    /// Packets for a new viewer. A keyframe is asked for so it can start soon — throttled
+    /// like [`Self::request_keyframe`], so a client that re-sends `watch` in a loop cannot
+    /// turn everyone's stream into keyframes.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Packet>> {
         let rx = self.shared.media.subscribe();
-        self.encoder.force_keyframe();
+        self.request_keyframe();
         rx
     }
 
