@@ -504,7 +504,7 @@ async fn forward(
     state: Arc<AppState>,
     stream: Arc<SessionStream>,
     codec: Codec,
-    mut media: broadcast::Receiver<Arc<crate::encoder::Packet>>,
+    mut media: broadcast::Receiver<Arc<crate::stream::Media>>,
     mut events: broadcast::Receiver<ServerMessage>,
     tx: mpsc::Sender<Message>,
     _guard: endless_sessions::ViewerGuard,
@@ -534,15 +534,13 @@ async fn forward(
     loop {
         tokio::select! {
             p = media.recv() => match p {
-                Ok(p) if wanted(p.track) => {
-                    if need_key && !p.keyframe {
+                Ok(m) if wanted(m.packet.track) => {
+                    if need_key && !m.packet.keyframe {
                         continue;
                     }
                     need_key = false;
-                    let header = MediaHeader { track: p.track, keyframe: p.keyframe, pts_us: p.pts_us, push_us: p.push_us };
-                    let bytes = [&header.encode()[..], &p.data].concat();
-                    let n = bytes.len() as u64;
-                    match tx.try_send(Message::Binary(bytes.into())) {
+                    let n = m.wire.len() as u64;
+                    match tx.try_send(Message::Binary(m.wire.clone())) {
                         Ok(()) => { state.metrics.media_bytes_sent.fetch_add(n, Ordering::Relaxed); }
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             state.metrics.media_messages_dropped.fetch_add(1, Ordering::Relaxed);

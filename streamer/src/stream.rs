@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::encoder::{Encoder, Packet, codec_string};
 use crate::metrics::Metrics;
-use crate::protocol::{ServerMessage, Track};
+use crate::protocol::{MediaHeader, ServerMessage, Track};
 use crate::recording::{Recorder, RecordingError};
 use bytes::Bytes;
 use endless_sessions::{Output, Session};
@@ -21,9 +21,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An encoded packet with its media message (header and payload) built once: every viewer
+/// is sent the same reference-counted bytes, so a viewer's queue costs a pointer per
+/// message, not a copy of the frame.
+pub struct Media {
+    pub packet: Packet,
+    pub wire: Bytes,
+}
+
 /// What the encoder callback shares with the stream.
 struct Shared {
-    media: broadcast::Sender<Arc<Packet>>,
+    media: broadcast::Sender<Arc<Media>>,
     init: Mutex<Option<Bytes>>,
     codec: Mutex<Option<String>>,
     recorder: Mutex<Option<Recorder>>,
@@ -70,7 +78,11 @@ impl SessionStream {
                     r.push(&p);
                 }
             }
-            let _ = cb.media.send(Arc::new(p)); // no receiver: nobody watches, fine
+            if cb.media.receiver_count() > 0 {
+                let header = MediaHeader { track: p.track, keyframe: p.keyframe, pts_us: p.pts_us, push_us: p.push_us };
+                let wire = Bytes::from([&header.encode()[..], &p.data].concat());
+                let _ = cb.media.send(Arc::new(Media { packet: p, wire }));
+            }
         })?);
         let (events, _) = broadcast::channel(64);
         let stream = Arc::new(SessionStream {
@@ -117,7 +129,7 @@ impl SessionStream {
     /// Packets for a new viewer. A keyframe is asked for so it can start soon — throttled
     /// like [`Self::request_keyframe`], so a client that re-sends `watch` in a loop cannot
     /// turn everyone's stream into keyframes.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Packet>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Media>> {
         let rx = self.shared.media.subscribe();
         self.request_keyframe();
         rx
