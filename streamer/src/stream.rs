@@ -24,6 +24,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// An encoded packet with its media message (header and payload) built once: every viewer
 /// is sent the same reference-counted bytes, so a viewer's queue costs a pointer per
 /// message, not a copy of the frame.
+#[derive(Debug)]
 pub struct Media {
     pub packet: Packet,
     pub wire: Bytes,
@@ -100,15 +101,17 @@ impl SessionStream {
         Ok(stream)
     }
 
-    /// Frames from the session's playout clock into the encoder.
+    /// Frames from the session's playout clock into the encoder. When they stop for any
+    /// reason but the session closing — the source failed, its thread died, the encoder
+    /// failed — the recording is finalised, viewers are told why, and the session is closed
+    /// so the evictor frees it; other sessions never notice.
     async fn feed(self: Arc<Self>, mut output: tokio::sync::mpsc::Receiver<Output>) {
-        while let Some(out) = output.recv().await {
-            match out {
-                Output::Frame(f) => {
+        let reason = loop {
+            match output.recv().await {
+                Some(Output::Frame(f)) => {
                     if let Err(e) = self.encoder.push(&f.rgb, f.pts_ns, f.duration_ns) {
                         tracing::error!(session = %self.session.id, cause = %e, "encoder failed");
-                        let _ = self.events.send(ServerMessage::Ended { reason: "the encoder failed".into() });
-                        break;
+                        break Some("the encoder failed".to_string());
                     }
                     let over =
                         lock(&self.shared.recorder).as_ref().is_some_and(|r| r.seconds() >= self.max_record_secs);
@@ -117,12 +120,22 @@ impl SessionStream {
                         self.stop_recording().await;
                     }
                 }
-                Output::Failed(e) => {
+                Some(Output::Failed(e)) => {
                     tracing::error!(session = %self.session.id, cause = %e, "generation failed");
-                    let _ = self.events.send(ServerMessage::Ended { reason: format!("generation failed: {e}") });
-                    break;
+                    break Some(format!("generation failed: {e}"));
+                }
+                None if self.session.is_closed() => break None,
+                None => {
+                    // The generator thread is gone without a word: it panicked.
+                    tracing::error!(session = %self.session.id, "generation stopped unexpectedly");
+                    break Some("generation stopped unexpectedly".to_string());
                 }
             }
+        };
+        if let Some(reason) = reason {
+            self.stop_recording().await;
+            let _ = self.events.send(ServerMessage::Ended { reason });
+            self.session.close();
         }
     }
 
