@@ -136,23 +136,28 @@ const CLIENT_KINDS: [&str; 9] = ["create", "watch", "steer", "pause", "resume", 
 /// Understands one client message. This is the only way the server reads client input, so
 /// the fuzz tests (here and in `fuzz/`) cover exactly what a hostile client reaches.
 ///
-/// Never panics. Text over `max_bytes` is refused with close code 1009 even if the
-/// WebSocket layer let it through; every other refusal is an `error` reply naming what was
-/// wrong, and the connection goes on.
+/// Never panics. A message over `max_bytes` is refused with close code 1009 (the server
+/// lets the WebSocket layer read messages up to twice the limit so that it can close
+/// cleanly); every other refusal is an `error` reply naming what was wrong, and the
+/// connection goes on.
 pub fn decode_client(input: Incoming<'_>, max_bytes: usize) -> Result<ClientMessage, ProtocolError> {
+    let (len, request) = match input {
+        Incoming::Text(t) => (t.len(), "unknown"),
+        Incoming::Binary(b) => (b.len(), "binary"),
+    };
+    if len > max_bytes {
+        return Err(ProtocolError {
+            message: format!("message of {len} bytes is over the limit of {max_bytes} bytes"),
+            request,
+            close: Some(close::TOO_BIG),
+        });
+    }
     let text = match input {
         Incoming::Binary(_) => {
             return Err(ProtocolError::reply("binary", "binary messages are not accepted; send JSON text".into()));
         }
         Incoming::Text(t) => t,
     };
-    if text.len() > max_bytes {
-        return Err(ProtocolError {
-            message: format!("message of {} bytes is over the limit of {max_bytes} bytes", text.len()),
-            request: "unknown",
-            close: Some(close::TOO_BIG),
-        });
-    }
     serde_json::from_str::<ClientMessage>(text).map_err(|e| {
         // Name the request in the reply when its `type` is one we know, so a client can tell
         // which of its pipelined requests failed. A second, shallow parse: it only runs for

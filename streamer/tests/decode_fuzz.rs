@@ -240,6 +240,8 @@ fn the_decoder_survives_240k_hostile_inputs_and_refuses_exactly_the_invalid_ones
         let b = r.bytes(n);
         let e = decode_client(Incoming::Binary(&b), MAX).unwrap_err();
         assert_eq!((e.request, e.close), ("binary", None));
+        let big = decode_client(Incoming::Binary(&vec![0; MAX + 1 + n]), MAX).unwrap_err();
+        assert_eq!((big.request, big.close), ("binary", Some(1009)));
         count(run(&String::from_utf8_lossy(&b), Expect::Either));
     }
     // Valid messages, keys in any order: always accepted, as themselves.

@@ -100,6 +100,17 @@ impl Client {
         }
     }
 
+    /// The next `error` reply, skipping media and other messages; panics on a close.
+    pub async fn expect_error(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Event::Json(v) if v["type"] == "error" => return v,
+                Event::Closed(c) => panic!("closed ({c:?}) while waiting for an error"),
+                _ => {}
+            }
+        }
+    }
+
     /// Creates a session: (session id, owner token).
     pub async fn create(&mut self, prompt: &str) -> (String, String) {
         self.send(json!({"type": "create", "prompt": prompt})).await;

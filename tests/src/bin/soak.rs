@@ -6,10 +6,11 @@
 //! MALLOC_ARENA_MAX=2 $CARGO_TARGET_DIR/release/soak [MINUTES=30] [SIZE=128x128] [SEED=1]
 //! ```
 //!
-//! Every second, with some chance, an owner creates a session (about 4 live, at most 6), a viewer joins
-//! a live session, an owner steers or records for 10–20 s. Owners stay 1–6 minutes, then
-//! close their session or just disconnect (idle eviction, 5 s, ends it once its viewers are
-//! gone); viewers stay 5 s to 3 minutes. Every 5 s the server's RSS, sessions and viewers
+//! Four owners and sixteen viewers at all times, each replaced by a newcomer when it leaves:
+//! an owner creates a session, steers it now and then and records 5–25 s of it now and
+//! then, stays 1–6 minutes, then closes it (four times in five) or just disconnects (idle
+//! eviction, 5 s, ends it once its viewers are gone); a viewer watches a random live session
+//! for 5 s to 3 minutes. Every 5 s the server's RSS, sessions and viewers
 //! are sampled; a table per minute follows, and the drift of the resident memory after the
 //! warm-up (the first 5 minutes): the mean of the last 5 minutes against the mean of
 //! minutes 5–10, and the spread of every sample after warm-up.
@@ -18,8 +19,12 @@ use endless_tests::TestServer;
 use endless_tests::client::{Client, Event, Rng, metric, rss_kib};
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// Owners (each with a live session) and viewers at any moment.
+const OWNERS: usize = 4;
+const VIEWERS: usize = 16;
 
 const PROMPTS: [&str; 6] = [
     "rolling hills on a clear day, camera panning left",
@@ -94,7 +99,9 @@ async fn owner(addr: std::net::SocketAddr, seed: u64, live: Arc<std::sync::Mutex
         read_until(&mut c, step.min(end), &counts).await;
     }
     live.lock().unwrap().retain(|s| *s != session);
-    if r.below(2) == 0 {
+    // Most owners close their session; the others just leave, and idle eviction ends it
+    // once its last viewer has gone.
+    if r.below(5) != 0 {
         c.try_send(json!({"type": "close"})).await;
         read_until(&mut c, Instant::now() + Duration::from_secs(5), &counts).await;
     }
@@ -107,6 +114,15 @@ async fn viewer(addr: std::net::SocketAddr, session: String, secs: u64, counts: 
     }
     counts.viewers_joined.fetch_add(1, Ordering::Relaxed);
     read_until(&mut c, Instant::now() + Duration::from_secs(secs), &counts).await;
+}
+
+/// Counts a participant out when its task ends, however it ends.
+struct Leaves(Arc<AtomicUsize>);
+
+impl Drop for Leaves {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -135,6 +151,8 @@ async fn main() {
     let live = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let counts = Arc::new(Counts::default());
     let mut r = Rng(seed);
+    let (owners_now, viewers_now) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let server_addr = server.addr;
     let started = Instant::now();
     let end = started + Duration::from_secs(minutes * 60);
     let mut samples: Vec<(f64, f64, f64, f64)> = Vec::new(); // (minute, RSS MiB, sessions, viewers)
@@ -148,18 +166,28 @@ async fn main() {
     while Instant::now() < end {
         tick.tick().await;
         n += 1;
-        let owners = live.lock().unwrap().len();
-        // Around four owners at a time, now and then up to six: a load that churns but
-        // stays comparable from minute to minute, so the memory figures compare.
-        if owners < 6 && r.below(if owners < 4 { 3 } else { 40 }) == 0 {
-            tokio::spawn(owner(server.addr, r.next() >> 12, live.clone(), counts.clone()));
+        // A steady population that churns: OWNERS owners and VIEWERS viewers at all times, each
+        // replaced by a newcomer when it leaves, so that minutes compare with each other.
+        if owners_now.load(Ordering::Relaxed) < OWNERS && r.below(2) == 0 {
+            owners_now.fetch_add(1, Ordering::Relaxed);
+            let (live, counts, now) = (live.clone(), counts.clone(), owners_now.clone());
+            let seed = r.next() >> 12;
+            tokio::spawn(async move {
+                let _leaves = Leaves(now);
+                owner(server_addr, seed, live, counts).await;
+            });
         }
         let pick = {
             let l = live.lock().unwrap();
             (!l.is_empty()).then(|| l[r.below(l.len() as u64) as usize].clone())
         };
-        if let Some(session) = pick.filter(|_| r.below(3) == 0) {
-            tokio::spawn(viewer(server.addr, session, 5 + r.below(175), counts.clone()));
+        if let Some(session) = pick.filter(|_| viewers_now.load(Ordering::Relaxed) < VIEWERS) {
+            viewers_now.fetch_add(1, Ordering::Relaxed);
+            let (counts, now, secs) = (counts.clone(), viewers_now.clone(), 5 + r.below(175));
+            tokio::spawn(async move {
+                let _leaves = Leaves(now);
+                viewer(server_addr, session, secs, counts).await;
+            });
         }
         if n % 5 == 0 {
             let page = tokio::task::spawn_blocking({
