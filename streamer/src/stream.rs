@@ -14,6 +14,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// Shortest time between two forced keyframes.
+const KEY_GAP: Duration = Duration::from_millis(500);
+
+/// When a keyframe was last forced, and whether one is scheduled.
+#[derive(Default)]
+struct KeyThrottle {
+    last: Option<std::time::Instant>,
+    pending: bool,
+}
+
 /// Packets a viewer may fall behind by before it is skipped to the next keyframe.
 const MEDIA_BACKLOG: usize = 128;
 
@@ -50,7 +60,7 @@ pub struct SessionStream {
     quota_mib: i64,
     max_record_secs: f64,
     grace: Duration,
-    last_forced_key: Mutex<Option<std::time::Instant>>,
+    keys: Arc<Mutex<KeyThrottle>>,
 }
 
 impl SessionStream {
@@ -95,7 +105,7 @@ impl SessionStream {
             quota_mib: config.recording.quota_mib.get(),
             max_record_secs: config.recording.max_secs.get() as f64,
             grace: Duration::from_secs(config.server.shutdown_grace_secs.get() as u64),
-            last_forced_key: Mutex::new(None),
+            keys: Arc::new(Mutex::new(KeyThrottle::default())),
         });
         tokio::spawn(stream.clone().feed(output));
         Ok(stream)
@@ -148,13 +158,33 @@ impl SessionStream {
         rx
     }
 
-    /// Asks for a keyframe for a viewer that was skipped ahead; at most twice a second, so
-    /// slow viewers cannot flood the stream with keyframes.
+    /// Asks for a keyframe for a viewer that joined or was skipped ahead. At most one is
+    /// forced per [`KEY_GAP`], so joins and slow viewers cannot flood the stream with
+    /// keyframes; a request inside the gap is served at its end, so nobody waits a whole
+    /// keyframe interval (200 viewers joining at once all start within half a second).
     pub fn request_keyframe(&self) {
-        let mut last = lock(&self.last_forced_key);
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
-            *last = Some(std::time::Instant::now());
-            self.encoder.force_keyframe();
+        let now = std::time::Instant::now();
+        let mut k = lock(&self.keys);
+        match k.last {
+            Some(t) if now < t + KEY_GAP => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+                if !k.pending {
+                    k.pending = true;
+                    let (keys, encoder, at) = (self.keys.clone(), self.encoder.clone(), t + KEY_GAP);
+                    runtime.spawn(async move {
+                        tokio::time::sleep_until(at.into()).await;
+                        let mut k = lock(&keys);
+                        (k.pending, k.last) = (false, Some(std::time::Instant::now()));
+                        drop(k);
+                        encoder.force_keyframe();
+                    });
+                }
+            }
+            _ => {
+                k.last = Some(now);
+                drop(k);
+                self.encoder.force_keyframe();
+            }
         }
     }
 
