@@ -16,11 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// The tests here load both cores of a CI machine and two of them look at timing; they run
 /// one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How the server must answer one hostile message.
 #[derive(Debug, Clone)]
@@ -42,7 +38,7 @@ const OWNER_ONLY: [(&str, &str); 7] = [
 ];
 
 fn hex(r: &mut Rng) -> String {
-    format!("{:016x}{:016x}", r.next(), r.next())
+    format!("{:016x}{:016x}", r.next_u64(), r.next_u64())
 }
 
 /// One message a hostile client sends before it watches anything, and its answer.
@@ -56,7 +52,7 @@ fn hostile(r: &mut Rng) -> (Message, Answer) {
             let s = if r.below(2) == 0 { s } else { cut[..r.below(cut.len() as u64) as usize].to_string() };
             (text(s), Answer::Error("unknown", "not a valid request"))
         }
-        1 => (text(format!(r#"{{"type":"launch_{}"}}"#, r.next())), Answer::Error("unknown", "unknown variant")),
+        1 => (text(format!(r#"{{"type":"launch_{}"}}"#, r.next_u64())), Answer::Error("unknown", "unknown variant")),
         2 => {
             let (request, m) = *[
                 ("steer", r#"{"type":"steer","prompt":7}"#),
@@ -72,7 +68,7 @@ fn hostile(r: &mut Rng) -> (Message, Answer) {
         }
         3 => {
             // Binary garbage, sometimes with a well-formed media header in front.
-            let mut b: Vec<u8> = (0..r.below(300)).map(|_| r.next() as u8).collect();
+            let mut b: Vec<u8> = (0..r.below(300)).map(|_| r.next_u64() as u8).collect();
             if r.below(2) == 0 {
                 b.splice(0..0, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
             }
@@ -212,7 +208,7 @@ fn assert_steady(got: &[(u64, Instant)], fps: f64, max_gap: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_flood_is_answered_and_the_honest_stream_goes_on() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let mut server = TestServer::start(&[]);
     let addr = server.addr;
     let mut owner = Client::connect(addr).await;
@@ -302,7 +298,7 @@ async fn a_hostile_flood_is_answered_and_the_honest_stream_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steering_is_rate_limited_and_prompts_and_messages_are_bounded() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let server = TestServer::start(&["--set", "sessions.steer_min_interval_ms=1000"]);
     let mut c = Client::connect(server.addr).await;
     let (session, token) = c.create("hills at dawn").await;
@@ -348,11 +344,20 @@ async fn steering_is_rate_limited_and_prompts_and_messages_are_bounded() {
             Event::Media(_) => {}
         }
     }
+    // Beyond twice the limit the WebSocket layer stops reading mid-message: the connection
+    // ends (a close frame is sent, which a reset may overtake), and the server is unharmed.
+    let mut c = Client::connect(server.addr).await;
+    let _ = c.ws.send(Message::Binary(vec![0u8; 300_000].into())).await;
+    match c.next().await {
+        Event::Closed(close) => assert!(close.as_ref().is_none_or(|(code, _)| *code == 1009), "{close:?}"),
+        ev => panic!("expected the connection to end, got {ev:?}"),
+    }
+    assert_eq!(http_get(server.addr, "/healthz"), (200, b"ok".to_vec()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_owner_controls_a_session_and_an_api_key_guards_creation() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let key = "k3y-0f-th1s-s3rv1c3-9f2c41d7";
     let server = TestServer::start(&["--set", &format!("server.api_key=\"{key}\"")]);
     let addr = server.addr;
@@ -445,7 +450,7 @@ async fn only_the_owner_controls_a_session_and_an_api_key_guards_creation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_stops_reading_is_skipped_to_a_keyframe_and_slows_nobody() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     // 30 fps of 256x256: the stalled viewer's socket buffers and its queue on the server
     // fill within seconds.
     let fps = 30.0;
@@ -517,7 +522,7 @@ async fn a_viewer_that_stops_reading_is_skipped_to_a_keyframe_and_slows_nobody()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finalises_every_recording_within_the_grace_time() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let grace = 5;
     let mut server = TestServer::start(&["--set", &format!("server.shutdown_grace_secs={grace}")]);
     let mut names = Vec::new();
@@ -546,9 +551,8 @@ async fn sigterm_finalises_every_recording_within_the_grace_time() {
     // Every client was told, with a close code saying the server is going away.
     for mut c in clients {
         let close = loop {
-            match c.next().await {
-                Event::Closed(close) => break close,
-                _ => {}
+            if let Event::Closed(close) = c.next().await {
+                break close;
             }
         };
         assert_eq!(close.map(|c| c.0), Some(1001));

@@ -171,7 +171,7 @@ async fn main() {
         if owners_now.load(Ordering::Relaxed) < OWNERS && r.below(2) == 0 {
             owners_now.fetch_add(1, Ordering::Relaxed);
             let (live, counts, now) = (live.clone(), counts.clone(), owners_now.clone());
-            let seed = r.next() >> 12;
+            let seed = r.next_u64() >> 12;
             tokio::spawn(async move {
                 let _leaves = Leaves(now);
                 owner(server_addr, seed, live, counts).await;
@@ -189,7 +189,7 @@ async fn main() {
                 viewer(server_addr, session, secs, counts).await;
             });
         }
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             let page = tokio::task::spawn_blocking({
                 let addr = server.addr;
                 move || String::from_utf8_lossy(&endless_tests::http_get(addr, "/metrics").1).into_owned()
