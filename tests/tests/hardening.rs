@@ -1,5 +1,5 @@
 //! Hardening, end to end against the real `endless serve`: hostile clients, access control,
-//! slow viewers and shutdown. (Hostile *input* is also fuzzed without sockets in
+//! slow viewers, recording limits and shutdown. (Hostile *input* is also fuzzed without sockets in
 //! `streamer/tests/decode_fuzz.rs`; source faults in `streamer/tests/faults.rs`.)
 
 use endless_tests::client::{Client, Event, Media, Rng, metric};
@@ -557,4 +557,33 @@ async fn sigterm_finalises_every_recording_within_the_grace_time() {
         };
         assert_eq!(close.map(|c| c.0), Some(1001));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_stop_at_their_maximum_length_and_the_quota_refuses_new_ones() {
+    let _one = SERIAL.lock().await;
+    let server = TestServer::start(&["--set", "recording.max_secs=2", "--set", "recording.quota_mib=1"]);
+    let mut c = Client::connect(server.addr).await;
+    let (session, token) = c.create("ocean waves at sunset").await;
+    c.watch(&session, Some(&token)).await;
+
+    // The maximum length: the recording stops by itself, finalised, at 2 s.
+    c.send(json!({"type": "record", "on": true})).await;
+    let name = c.expect("recording").await["name"].as_str().unwrap().to_string();
+    let stopped = c.expect("recording").await;
+    assert_eq!((stopped["on"].as_bool(), stopped["name"].as_str()), (Some(false), Some(name.as_str())));
+    let path = server.recordings.path().join(&name);
+    let timeline: Value = serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(timeline["finished"], true);
+    let frames = endless_tests::decode_file(&path).len();
+    assert!((20..=30).contains(&frames), "{frames} frames in a recording limited to 2 s at 12 fps");
+
+    // The quota: with the folder over 1 MiB, a new recording is refused with the reason.
+    std::fs::write(server.recordings.path().join("filler.bin"), vec![0u8; 1 << 20]).unwrap();
+    c.send(json!({"type": "record", "on": true})).await;
+    let e = c.expect_error().await;
+    assert_eq!(e["request"], "record");
+    assert_eq!(e["message"], "the recordings folder is over its quota (1 MiB)");
+    let (_, list) = http_get(server.addr, "/api/recordings");
+    assert_eq!(serde_json::from_slice::<Value>(&list).unwrap().as_array().unwrap().len(), 1, "no second recording");
 }
