@@ -53,33 +53,169 @@ pub enum ClientMessage {
         #[serde(default)]
         transition_secs: Option<f64>,
     },
-    Pause,
-    Resume,
+    // The field-less requests are empty struct variants, not unit variants: serde lets an
+    // internally tagged unit variant carry any extra fields, `deny_unknown_fields` or not
+    // (found by tests/decode_fuzz.rs), and a request with fields it does not have is a
+    // client bug to report, like for every other request.
+    Pause {},
+    Resume {},
     Record {
         on: bool,
     },
-    Fork,
-    Close,
+    Fork {},
+    Close {},
     Ping {
         t: f64,
     },
 }
 
 impl ClientMessage {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("client messages always serialise")
+    }
+
     /// The message's `type`, for error replies.
     pub fn kind(&self) -> &'static str {
         match self {
             ClientMessage::Create(_) => "create",
             ClientMessage::Watch { .. } => "watch",
             ClientMessage::Steer { .. } => "steer",
-            ClientMessage::Pause => "pause",
-            ClientMessage::Resume => "resume",
+            ClientMessage::Pause {} => "pause",
+            ClientMessage::Resume {} => "resume",
             ClientMessage::Record { .. } => "record",
-            ClientMessage::Fork => "fork",
-            ClientMessage::Close => "close",
+            ClientMessage::Fork {} => "fork",
+            ClientMessage::Close {} => "close",
             ClientMessage::Ping { .. } => "ping",
         }
     }
+}
+
+/// A message as it came off the WebSocket, before it is understood.
+#[derive(Debug, Clone, Copy)]
+pub enum Incoming<'a> {
+    /// A text message, already checked to be UTF-8 by the WebSocket layer.
+    Text(&'a str),
+    /// A binary message: clients never send media, so this is always refused.
+    Binary(&'a [u8]),
+}
+
+/// WebSocket close codes the server uses (RFC 6455 §7.4.1).
+pub mod close {
+    /// The server is going away (shutting down).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke the WebSocket protocol itself (bad framing).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// The client keeps sending invalid requests: it is cut off.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message over `server.max_message_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Why a client message was refused: the text of the `error` reply, the request it answers,
+/// and the close code when the connection cannot go on after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub message: String,
+    /// The request's `type` when it had a known one, else `"unknown"` (or `"binary"`).
+    pub request: &'static str,
+    /// `Some(code)`: close the connection with this code instead of answering.
+    pub close: Option<u16>,
+}
+
+impl ProtocolError {
+    fn reply(request: &'static str, message: String) -> ProtocolError {
+        ProtocolError { message, request, close: None }
+    }
+}
+
+/// The `type` of every client message, for error replies to requests that name one.
+const CLIENT_KINDS: [&str; 9] = ["create", "watch", "steer", "pause", "resume", "record", "fork", "close", "ping"];
+
+/// Understands one client message. This is the only way the server reads client input, so
+/// the fuzz tests (here and in `fuzz/`) cover exactly what a hostile client reaches.
+///
+/// Never panics. A message over `max_bytes` is refused with close code 1009 (the server
+/// lets the WebSocket layer read messages up to twice the limit so that it can close
+/// cleanly); every other refusal is an `error` reply naming what was wrong, and the
+/// connection goes on.
+pub fn decode_client(input: Incoming<'_>, max_bytes: usize) -> Result<ClientMessage, ProtocolError> {
+    let (len, request) = match input {
+        Incoming::Text(t) => (t.len(), "unknown"),
+        Incoming::Binary(b) => (b.len(), "binary"),
+    };
+    if len > max_bytes {
+        return Err(ProtocolError {
+            message: format!("message of {len} bytes is over the limit of {max_bytes} bytes"),
+            request,
+            close: Some(close::TOO_BIG),
+        });
+    }
+    let text = match input {
+        Incoming::Binary(_) => {
+            return Err(ProtocolError::reply("binary", "binary messages are not accepted; send JSON text".into()));
+        }
+        Incoming::Text(t) => t,
+    };
+    serde_json::from_str::<ClientMessage>(text).map_err(|e| {
+        // Name the request in the reply when its `type` is one we know, so a client can tell
+        // which of its pipelined requests failed. A second, shallow parse: it only runs for
+        // refused messages, and serde_json's depth limit bounds it as it bounds the first.
+        let request = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+            .ok()
+            .and_then(|m| m.get("type").and_then(|t| t.as_str()).and_then(|t| CLIENT_KINDS.iter().find(|k| **k == t)))
+            .copied()
+            .unwrap_or("unknown");
+        ProtocolError::reply(request, format!("not a valid request: {}", clip(&e.to_string(), MAX_ERROR_CHARS)))
+    })
+}
+
+/// Longest part of a parser error quoted back to the client: serde quotes the offending
+/// input (an unknown `type`, say), and a reply must not echo a client's 64 KiB back at it.
+const MAX_ERROR_CHARS: usize = 200;
+
+/// `s` cut to at most `max` characters, with `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+/// The property every accepted message must have, for the fuzz tests (`tests/decode_fuzz.rs`
+/// and `fuzz/`): `text` is a JSON object whose `type` is the message's, whose every field is
+/// one of that message's with the value it decoded to, and the message round-trips. An
+/// `Err` says what broke.
+#[doc(hidden)]
+pub fn check_accepted(text: &str, m: &ClientMessage) -> Result<(), String> {
+    let obj: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("accepted input is not a JSON object: {e}"))?;
+    if obj.get("type").and_then(|t| t.as_str()) != Some(m.kind()) {
+        return Err(format!("accepted as {} but its type is {:?}", m.kind(), obj.get("type")));
+    }
+    let canon = match serde_json::to_value(m).map_err(|e| e.to_string())? {
+        serde_json::Value::Object(o) => o,
+        other => return Err(format!("serialised to a non-object {other}")),
+    };
+    // serde_json parses long decimals to within an ulp or so of the nearest double (it is
+    // built without `float_roundtrip`); numbers compare as doubles to that precision.
+    let same = |a: &serde_json::Value, b: &serde_json::Value| match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if a.is_f64() || b.is_f64() => (x - y).abs() <= 1e-15 * x.abs().max(y.abs()),
+        _ => a == b,
+    };
+    for (k, v) in &obj {
+        let Some(c) = canon.get(k) else { return Err(format!("accepted an unknown field {k:?}")) };
+        if !same(v, c) {
+            return Err(format!("field {k:?} is {v} in the input but decoded as {c}"));
+        }
+    }
+    let again = decode_client(Incoming::Text(&m.to_json()), usize::MAX).map_err(|e| e.message)?;
+    let again = serde_json::to_value(&again).map_err(|e| e.to_string())?;
+    if canon.iter().any(|(k, v)| !again.get(k).is_some_and(|a| same(a, v))) {
+        return Err(format!("does not round-trip: {canon:?} → {again}"));
+    }
+    Ok(())
 }
 
 /// Messages to a client.
@@ -236,6 +372,9 @@ mod tests {
         assert_eq!(m.kind(), "record");
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"steer","prompt":"x","evil":1}"#).is_err());
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"launch"}"#).is_err());
+        assert_eq!(serde_json::from_str::<ClientMessage>(r#"{"type":"pause"}"#).unwrap(), ClientMessage::Pause {});
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"pause","evil":1}"#).is_err());
+        assert_eq!(ClientMessage::Close {}.to_json(), r#"{"type":"close"}"#);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 
 use crate::config::{Config, Source};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::{ClientMessage, Codec, Create, MediaHeader, ServerMessage, Track, now_us};
+use crate::protocol::{
+    ClientMessage, Codec, Create, Incoming, MediaHeader, ProtocolError, ServerMessage, Track, close, decode_client,
+    now_us,
+};
 use crate::recording;
 use crate::stream::SessionStream;
 use axum::body::Body;
@@ -12,6 +15,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use dashmap::DashMap;
 use endless_model::media::Size;
@@ -40,6 +44,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server is shutting down: sockets close.
     closing: CancellationToken,
+    /// Open WebSocket connections: the HTTP server's graceful shutdown does not wait for
+    /// upgraded connections, so shutdown waits here for them to send their close frames.
+    connections: tokio_util::task::TaskTracker,
 }
 
 /// A client-facing refusal: the message says what was wrong with their request.
@@ -82,6 +89,7 @@ impl AppState {
             streams: DashMap::new(),
             metrics: Arc::new(Metrics::default()),
             closing: CancellationToken::new(),
+            connections: tokio_util::task::TaskTracker::new(),
         }))
     }
 
@@ -226,8 +234,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         closing.cancel();
     });
     let closing = state.closing.clone();
+    let connections = state.connections.clone();
     let done = tokio::spawn(async move {
+        let listener = listener.tap_io(|tcp| {
+            #[cfg(target_os = "linux")]
+            if let Err(e) = socket2::SockRef::from(&*tcp).set_tcp_notsent_lowat(SOCKET_UNSENT_BYTES) {
+                tracing::debug!(cause = %e, "cannot set TCP_NOTSENT_LOWAT");
+            }
+        });
         axum::serve(listener, app.into_make_service()).with_graceful_shutdown(closing.cancelled_owned()).await?;
+        connections.close();
+        if tokio::time::timeout(Duration::from_secs(2), connections.wait()).await.is_err() {
+            tracing::warn!("WebSocket connections still open at exit");
+        }
         Ok(())
     });
     tracing::info!(%addr, "endless is serving");
@@ -297,7 +316,17 @@ async fn download(State(s): State<Arc<AppState>>, UrlPath(name): UrlPath<String>
 
 async fn ws(State(s): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
     let max = s.config.server.max_message_bytes.get() as usize;
-    upgrade.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| connection(s, socket))
+    // The WebSocket layer reads messages up to twice the limit; the decoder refuses those over
+    // it with close code 1009 and the socket is drained before it closes, so the client
+    // reads the close frame (and every reply before it). Beyond twice the limit the layer
+    // gives up mid-message: a close frame is still sent, but the unread rest of the message
+    // may make the kernel reset the connection.
+    let layer_max = max.saturating_mul(2);
+    let tracker = s.connections.clone();
+    upgrade
+        .max_message_size(layer_max)
+        .max_frame_size(layer_max)
+        .on_upgrade(move |socket| tracker.track_future(connection(s, socket)))
 }
 
 /// What a socket is watching.
@@ -318,7 +347,7 @@ async fn connection(state: Arc<AppState>, socket: WebSocket) {
     state.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
     state.metrics.ws_open.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut incoming) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(256);
+    let (tx, mut rx) = mpsc::channel::<Message>(SOCKET_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             if sink.send(m).await.is_err() {
@@ -328,38 +357,149 @@ async fn connection(state: Arc<AppState>, socket: WebSocket) {
         let _ = sink.close().await;
     });
     let mut watching: Option<Watching> = None;
+    let max = state.config.server.max_message_bytes.get() as usize;
+    let mut budget = ErrorBudget::new();
     loop {
         let msg = tokio::select! {
             m = incoming.next() => m,
             _ = state.closing.cancelled() => {
-                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                let _ = tx.send(close_frame(close::GOING_AWAY, "server shutting down")).await;
                 break;
             }
         };
-        let Some(Ok(msg)) = msg else { break };
-        let reply = match msg {
-            Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
-                Ok(req) => {
-                    let kind = req.kind();
-                    handle(&state, req, &mut watching, &tx).await.err().map(|Refusal(m)| (m, kind.to_string()))
+        let msg = match msg {
+            None => break,
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                // The WebSocket layer refused what arrived; the stream cannot be read further.
+                if let Some((code, reason)) = read_error_close(e, max) {
+                    state.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(close_frame(code, &reason)).await;
                 }
-                Err(e) => Some((format!("not a valid request: {e}"), "unknown".into())),
-            },
-            Message::Binary(_) => Some(("binary messages are not accepted; send JSON text".into(), "binary".into())),
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => None,
-        };
-        if let Some((message, request)) = reply {
-            state.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
-            if send(&tx, ServerMessage::Error { message, request }).await.is_err() {
                 break;
             }
+        };
+        let decoded = match &msg {
+            Message::Text(text) => decode_client(Incoming::Text(text.as_str()), max),
+            Message::Binary(bytes) => decode_client(Incoming::Binary(bytes), max),
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        let refused = match decoded {
+            Ok(req) => {
+                let request = req.kind();
+                handle(&state, req, &mut watching, &tx).await.err().map(|Refusal(message)| ProtocolError {
+                    message,
+                    request,
+                    close: None,
+                })
+            }
+            Err(e) => Some(e),
+        };
+        let Some(e) = refused else { continue };
+        state.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(code) = e.close {
+            let _ = tx.send(close_frame(code, &e.message)).await;
+            drain(&mut incoming).await;
+            break;
+        }
+        if !budget.spend() {
+            tracing::info!("closing a connection that keeps sending invalid requests");
+            let _ = tx.send(close_frame(close::POLICY_VIOLATION, "too many invalid requests")).await;
+            drain(&mut incoming).await;
+            break;
+        }
+        if send(&tx, ServerMessage::Error { message: e.message, request: e.request.into() }).await.is_err() {
+            break;
         }
     }
     drop(watching);
     drop(tx);
     let _ = writer.await;
     state.metrics.ws_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Messages a socket's queue holds (media, replies, events).
+const SOCKET_QUEUE: usize = 256;
+/// Media messages that may wait for one socket before its viewer is skipped to the next
+/// keyframe: 4 s at 12 fps, two keyframe intervals. Kept well under [`SOCKET_QUEUE`] so
+/// that replies and events still find room.
+const MEDIA_QUEUE: usize = 48;
+/// Unsent bytes the kernel holds for one socket (`TCP_NOTSENT_LOWAT`). Without it a viewer
+/// that stops reading soaks up to `tcp_wmem` (4 MiB) of kernel memory and minutes of video
+/// before the server notices; with it the backlog stays in the queue above, where it is
+/// skipped to a keyframe within seconds. Throughput is unaffected: only unsent data counts,
+/// not data in flight.
+const SOCKET_UNSENT_BYTES: u32 = 128 * 1024;
+
+/// Refused requests a connection may make in a burst before it is cut off (close 1008).
+const ERROR_BURST: f64 = 256.0;
+/// Refused requests per second a connection may keep making: far more than a page that
+/// steers too fast now and then, far fewer than a client flooding garbage.
+const ERROR_REFILL_PER_SEC: f64 = 32.0;
+
+/// A token bucket of refusals: a client that only sends garbage costs the server a parse
+/// and a reply per message, so it is cut off rather than answered forever.
+struct ErrorBudget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl ErrorBudget {
+    fn new() -> Self {
+        ErrorBudget { tokens: ERROR_BURST, at: std::time::Instant::now() }
+    }
+
+    /// Takes one refusal from the budget; false when it is spent.
+    fn spend(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * ERROR_REFILL_PER_SEC).min(ERROR_BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// Reads and discards what the client still sends after the server's close frame, until
+/// its close reply or end of stream, for at most 2 s. Dropping a socket with unread data
+/// makes the kernel reset the connection, and a reset discards what the client had not yet
+/// read — the error replies before the close, and the close frame itself.
+async fn drain(incoming: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = incoming.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A close message; the reason is cut to the 123 bytes a close frame can carry.
+fn close_frame(code: u16, reason: &str) -> Message {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame { code, reason: reason[..end].into() }))
+}
+
+/// The close code and reason for a message the WebSocket layer could not read: too big
+/// (1009), text that is not UTF-8 (1007), broken framing (1002). `None` when the peer is
+/// simply gone.
+fn read_error_close(e: axum::Error, max: usize) -> Option<(u16, String)> {
+    use tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    let ws = inner.downcast_ref::<WsError>()?;
+    Some(match ws {
+        WsError::Capacity(_) => (close::TOO_BIG, format!("message over the limit of {max} bytes")),
+        WsError::Utf8(_) => (close::INVALID_DATA, "text message is not UTF-8".into()),
+        WsError::Protocol(p) => (close::PROTOCOL_ERROR, format!("WebSocket protocol error: {p}")),
+        _ => return None,
+    })
 }
 
 async fn send(tx: &mpsc::Sender<Message>, m: ServerMessage) -> Result<(), ()> {
@@ -423,8 +563,8 @@ async fn handle(
             stream.note_prompts();
             let _ = stream.events.send(ServerMessage::Prompt { prompt: stream.session.prompt(), frame });
         }
-        ClientMessage::Pause | ClientMessage::Resume => {
-            let paused = matches!(req, ClientMessage::Pause);
+        ClientMessage::Pause {} | ClientMessage::Resume {} => {
+            let paused = matches!(req, ClientMessage::Pause {});
             let (stream, token) = owned(watching)?;
             stream.session.set_paused(token, paused)?;
             let _ = stream.events.send(ServerMessage::State { paused });
@@ -439,7 +579,7 @@ async fn handle(
                 tokio::spawn(async move { stream.stop_recording().await });
             }
         }
-        ClientMessage::Fork => {
+        ClientMessage::Fork {} => {
             let (stream, token) = owned(watching)?;
             let (session, new_token) = state.registry.fork(&stream.session.id, token)?;
             state.metrics.sessions_created.fetch_add(1, Ordering::Relaxed);
@@ -450,7 +590,7 @@ async fn handle(
             )
             .await;
         }
-        ClientMessage::Close => {
+        ClientMessage::Close {} => {
             let (stream, token) = owned(watching)?;
             let id = stream.session.id.clone();
             state.registry.close(&id, token)?;
@@ -469,7 +609,7 @@ async fn forward(
     state: Arc<AppState>,
     stream: Arc<SessionStream>,
     codec: Codec,
-    mut media: broadcast::Receiver<Arc<crate::encoder::Packet>>,
+    mut media: broadcast::Receiver<Arc<crate::stream::Media>>,
     mut events: broadcast::Receiver<ServerMessage>,
     tx: mpsc::Sender<Message>,
     _guard: endless_sessions::ViewerGuard,
@@ -479,6 +619,8 @@ async fn forward(
         Codec::Fmp4 => t == Track::Fmp4Media,
     };
     let mut need_key = true;
+    // Whether media is being skipped for this viewer (not merely waiting for its first keyframe).
+    let mut skipping = false;
     let mut stats = tokio::time::interval(Duration::from_secs(1));
     if codec == Codec::Fmp4 {
         // The init segment first: wait for the muxer to have written it.
@@ -499,28 +641,42 @@ async fn forward(
     loop {
         tokio::select! {
             p = media.recv() => match p {
-                Ok(p) if wanted(p.track) => {
-                    if need_key && !p.keyframe {
+                Ok(m) if wanted(m.packet.track) => {
+                    if need_key && !m.packet.keyframe {
+                        if skipping {
+                            state.metrics.media_messages_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                         continue;
                     }
-                    need_key = false;
-                    let header = MediaHeader { track: p.track, keyframe: p.keyframe, pts_us: p.pts_us, push_us: p.push_us };
-                    let bytes = [&header.encode()[..], &p.data].concat();
-                    let n = bytes.len() as u64;
-                    match tx.try_send(Message::Binary(bytes.into())) {
-                        Ok(()) => { state.metrics.media_bytes_sent.fetch_add(n, Ordering::Relaxed); }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Media waiting for this socket beyond MEDIA_QUEUE: the viewer is not keeping
+                    // up. Skip to the next keyframe rather than queue further behind live.
+                    let queued = tx.max_capacity() - tx.capacity();
+                    let sent = if queued >= MEDIA_QUEUE { Err(None) } else {
+                        tx.try_send(Message::Binary(m.wire.clone())).map_err(|e| match e {
+                            mpsc::error::TrySendError::Full(_) => None,
+                            mpsc::error::TrySendError::Closed(_) => Some(()),
+                        })
+                    };
+                    match sent {
+                        Ok(()) => {
+                            need_key = false;
+                            skipping = false;
+                            state.metrics.media_bytes_sent.fetch_add(m.wire.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(None) => {
                             state.metrics.media_messages_dropped.fetch_add(1, Ordering::Relaxed);
                             need_key = true;
+                            skipping = true;
                             stream.request_keyframe();
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        Err(Some(())) => return,
                     }
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     state.metrics.media_messages_dropped.fetch_add(n, Ordering::Relaxed);
                     need_key = true;
+                    skipping = true;
                     stream.request_keyframe();
                 }
                 Err(broadcast::error::RecvError::Closed) => return,

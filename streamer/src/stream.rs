@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::encoder::{Encoder, Packet, codec_string};
 use crate::metrics::Metrics;
-use crate::protocol::{ServerMessage, Track};
+use crate::protocol::{MediaHeader, ServerMessage, Track};
 use crate::recording::{Recorder, RecordingError};
 use bytes::Bytes;
 use endless_sessions::{Output, Session};
@@ -14,6 +14,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// Shortest time between two forced keyframes.
+const KEY_GAP: Duration = Duration::from_millis(500);
+
+/// When a keyframe was last forced, and whether one is scheduled.
+#[derive(Default)]
+struct KeyThrottle {
+    last: Option<std::time::Instant>,
+    pending: bool,
+}
+
 /// Packets a viewer may fall behind by before it is skipped to the next keyframe.
 const MEDIA_BACKLOG: usize = 128;
 
@@ -21,9 +31,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An encoded packet with its media message (header and payload) built once: every viewer
+/// is sent the same reference-counted bytes, so a viewer's queue costs a pointer per
+/// message, not a copy of the frame.
+#[derive(Debug)]
+pub struct Media {
+    pub packet: Packet,
+    pub wire: Bytes,
+}
+
 /// What the encoder callback shares with the stream.
 struct Shared {
-    media: broadcast::Sender<Arc<Packet>>,
+    media: broadcast::Sender<Arc<Media>>,
     init: Mutex<Option<Bytes>>,
     codec: Mutex<Option<String>>,
     recorder: Mutex<Option<Recorder>>,
@@ -41,7 +60,7 @@ pub struct SessionStream {
     quota_mib: i64,
     max_record_secs: f64,
     grace: Duration,
-    last_forced_key: Mutex<Option<std::time::Instant>>,
+    keys: Arc<Mutex<KeyThrottle>>,
 }
 
 impl SessionStream {
@@ -70,7 +89,11 @@ impl SessionStream {
                     r.push(&p);
                 }
             }
-            let _ = cb.media.send(Arc::new(p)); // no receiver: nobody watches, fine
+            if cb.media.receiver_count() > 0 {
+                let header = MediaHeader { track: p.track, keyframe: p.keyframe, pts_us: p.pts_us, push_us: p.push_us };
+                let wire = Bytes::from([&header.encode()[..], &p.data].concat());
+                let _ = cb.media.send(Arc::new(Media { packet: p, wire }));
+            }
         })?);
         let (events, _) = broadcast::channel(64);
         let stream = Arc::new(SessionStream {
@@ -82,24 +105,26 @@ impl SessionStream {
             quota_mib: config.recording.quota_mib.get(),
             max_record_secs: config.recording.max_secs.get() as f64,
             grace: Duration::from_secs(config.server.shutdown_grace_secs.get() as u64),
-            last_forced_key: Mutex::new(None),
+            keys: Arc::new(Mutex::new(KeyThrottle::default())),
         });
         tokio::spawn(stream.clone().feed(output));
         Ok(stream)
     }
 
-    /// Frames from the session's playout clock into the encoder.
+    /// Frames from the session's playout clock into the encoder. When they stop for any
+    /// reason but the session closing — the source failed, its thread died, the encoder
+    /// failed — the recording is finalised, viewers are told why, and the session is closed
+    /// so the evictor frees it; other sessions never notice.
     async fn feed(self: Arc<Self>, mut output: tokio::sync::mpsc::Receiver<Output>) {
-        while let Some(out) = output.recv().await {
-            match out {
-                Output::Frame(f) => {
+        let reason = loop {
+            match output.recv().await {
+                Some(Output::Frame(f)) => {
                     if let Some(r) = lock(&self.shared.recorder).as_mut() {
                         r.note_frame(f.index, crate::recording::frame_hash(&f.rgb));
                     }
                     if let Err(e) = self.encoder.push(&f.rgb, f.pts_ns, f.duration_ns) {
                         tracing::error!(session = %self.session.id, cause = %e, "encoder failed");
-                        let _ = self.events.send(ServerMessage::Ended { reason: "the encoder failed".into() });
-                        break;
+                        break Some("the encoder failed".to_string());
                     }
                     let over =
                         lock(&self.shared.recorder).as_ref().is_some_and(|r| r.seconds() >= self.max_record_secs);
@@ -108,29 +133,61 @@ impl SessionStream {
                         self.stop_recording().await;
                     }
                 }
-                Output::Failed(e) => {
+                Some(Output::Failed(e)) => {
                     tracing::error!(session = %self.session.id, cause = %e, "generation failed");
-                    let _ = self.events.send(ServerMessage::Ended { reason: format!("generation failed: {e}") });
-                    break;
+                    break Some(format!("generation failed: {e}"));
+                }
+                None if self.session.is_closed() => break None,
+                None => {
+                    // The generator thread is gone without a word: it panicked.
+                    tracing::error!(session = %self.session.id, "generation stopped unexpectedly");
+                    break Some("generation stopped unexpectedly".to_string());
                 }
             }
+        };
+        if let Some(reason) = reason {
+            self.stop_recording().await;
+            let _ = self.events.send(ServerMessage::Ended { reason });
+            self.session.close();
         }
     }
 
-    /// Packets for a new viewer. A keyframe is forced so it can start soon.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Packet>> {
+    /// Packets for a new viewer. A keyframe is asked for so it can start soon — throttled
+    /// like [`Self::request_keyframe`], so a client that re-sends `watch` in a loop cannot
+    /// turn everyone's stream into keyframes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Media>> {
         let rx = self.shared.media.subscribe();
-        self.encoder.force_keyframe();
+        self.request_keyframe();
         rx
     }
 
-    /// Asks for a keyframe for a viewer that was skipped ahead; at most twice a second, so
-    /// slow viewers cannot flood the stream with keyframes.
+    /// Asks for a keyframe for a viewer that joined or was skipped ahead. At most one is
+    /// forced per [`KEY_GAP`], so joins and slow viewers cannot flood the stream with
+    /// keyframes; a request inside the gap is served at its end, so nobody waits a whole
+    /// keyframe interval (200 viewers joining at once all start within half a second).
     pub fn request_keyframe(&self) {
-        let mut last = lock(&self.last_forced_key);
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
-            *last = Some(std::time::Instant::now());
-            self.encoder.force_keyframe();
+        let now = std::time::Instant::now();
+        let mut k = lock(&self.keys);
+        match k.last {
+            Some(t) if now < t + KEY_GAP => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+                if !k.pending {
+                    k.pending = true;
+                    let (keys, encoder, at) = (self.keys.clone(), self.encoder.clone(), t + KEY_GAP);
+                    runtime.spawn(async move {
+                        tokio::time::sleep_until(at.into()).await;
+                        let mut k = lock(&keys);
+                        (k.pending, k.last) = (false, Some(std::time::Instant::now()));
+                        drop(k);
+                        encoder.force_keyframe();
+                    });
+                }
+            }
+            _ => {
+                k.last = Some(now);
+                drop(k);
+                self.encoder.force_keyframe();
+            }
         }
     }
 

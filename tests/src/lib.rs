@@ -3,11 +3,19 @@
 
 use std::path::PathBuf;
 
+pub mod client;
+
 /// A binary of the workspace, built by `scripts/test.sh` into the same target directory as
-/// this test (the test runs from `target/<profile>/deps/`).
+/// this test (a test runs from `target/<profile>/deps/`, the load and soak binaries from
+/// `target/<profile>/`). `ENDLESS_BIN` overrides the `endless` binary, for a run that must
+/// not pick up a rebuild in a shared target directory.
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("ENDLESS_BIN").filter(|_| name == "endless") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("a running test knows its own path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("tests run from target/<profile>/deps");
+    let dir = exe.parent().expect("an executable is in a folder");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("deps is in target/<profile>") } else { dir };
     let path = dir.join(name);
     assert!(
         path.exists(),
