@@ -1,7 +1,7 @@
 //! The encoder and the decoder. Both are causal in time: an output frame depends only on input
 //! frames at or before it.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
@@ -53,8 +53,24 @@ impl VaeConfig {
             levels,
             mid: self.res_block(last, last, device),
             norm_out: GroupNormConfig::new(self.norm_groups, last).init(device),
-            conv_out: self.conv(last, 2 * self.latent_channels, device),
+            conv_out: self.moments_conv(last, device),
         }
+    }
+
+    /// The encoder's last convolution, to the posterior's mean and log-variance. The
+    /// log-variance starts at [`LOGVAR_INIT`]: with the usual 0 the decoder's input starts as
+    /// noise of std 1 over a mean near 0, and with a KL weight of 1e-6 nothing pushes the
+    /// variance down fast — the VAE learnt the constant grey video for 1000s of steps.
+    fn moments_conv<B: Backend>(&self, c_in: usize, device: &B::Device) -> CausalConv<B> {
+        let mut conv = self.conv(c_in, 2 * self.latent_channels, device);
+        let last = conv.temporal.as_mut().unwrap_or(&mut conv.spatial);
+        if let Some(bias) = last.bias.take() {
+            let c = self.latent_channels;
+            let mean = bias.val().narrow(0, 0, c);
+            let logvar = Tensor::full([c], LOGVAR_INIT, device);
+            last.bias = Some(Param::from_tensor(Tensor::cat(vec![mean, logvar], 0).detach()));
+        }
+        conv
     }
 
     pub(super) fn init_decoder<B: Backend>(&self, device: &B::Device) -> Decoder<B> {
@@ -83,6 +99,9 @@ impl VaeConfig {
         }
     }
 }
+
+/// The initial log-variance of the posterior (std ≈ 0.05).
+pub const LOGVAR_INIT: f32 = -6.0;
 
 /// One resolution level of the encoder: residual blocks, then a strided causal conv to the next.
 #[derive(Module, Debug)]

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+#[macro_use]
 mod generate;
+mod eval;
 
 #[derive(Parser)]
 #[command(name = "endless-model", version, about = "endless: the world, the models, training")]
@@ -76,6 +78,8 @@ enum Command {
     Train(Box<generate::TrainArgs>),
     /// Generates a video from a prompt with a pipeline folder, chunk by chunk as a stream.
     Sample(Box<generate::SampleArgs>),
+    /// Reconstruction PSNR of a VAE checkpoint on held-out clips; JSON and a contact sheet.
+    EvalVae(eval::EvalVaeArgs),
     /// Trains the video VAE on the procedural world (CPU, burn Flex): checkpoints, loss.csv and
     /// loss.png in --out.
     TrainVae {
@@ -194,6 +198,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::TextBench { dir, rounds } => text_bench(dir, rounds),
         Command::Train(args) => generate::train(*args),
         Command::Sample(args) => generate::sample(*args),
+        Command::EvalVae(args) => eval::eval_vae(args),
         Command::TrainVae {
             preset,
             size,
