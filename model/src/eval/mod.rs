@@ -1,6 +1,12 @@
 //! Measuring the models: VAE reconstruction, the attribute evaluator (a small 3D CNN trained
 //! on world clips) and the generation metrics built on it.
 
+pub mod classifier;
+pub mod frechet;
+pub mod motion;
 pub mod vae;
 
+pub use classifier::{Evaluator, EvaluatorConfig, Reading};
+pub use frechet::frechet_distance;
+pub use motion::{camera_velocity, horizontal_shift};
 pub use vae::{VaeReport, evaluate_vae, mse_u8, psnr};

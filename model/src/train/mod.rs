@@ -3,10 +3,12 @@
 
 pub mod common;
 pub mod denoiser;
+pub mod evaluator;
 pub mod plot;
 pub mod vae;
 
 pub use common::{LrSchedule, Optimisation};
 pub use denoiser::{TrainDenoiserOptions, micro_options, micro_pipeline, micro_vae, train_denoiser};
+pub use evaluator::{AccuracyReport, TrainEvaluatorOptions, load_evaluator, train_evaluator};
 pub use plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
 pub use vae::{TrainSummary, TrainVaeOptions, train_vae};

@@ -31,7 +31,7 @@
 //! frames equal one decode of the whole stream, with no overlap recomputed and no seam.
 
 mod codec;
-mod layers;
+pub(crate) mod layers;
 #[cfg(test)]
 mod tests;
 

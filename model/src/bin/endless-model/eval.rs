@@ -79,3 +79,66 @@ fn eval_vae_on<B: Backend>(device: &B::Device, args: &EvalVaeArgs) -> Result<()>
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct TrainEvaluatorArgs {
+    /// Clip size: that of the videos it will judge (a multiple of 64).
+    #[arg(long, default_value = "128x128")]
+    size: Size,
+    /// Frames per training clip.
+    #[arg(long, default_value_t = 16)]
+    frames: usize,
+    /// Frames per second of the clips (and of the videos it will judge).
+    #[arg(long, default_value_t = 8.0)]
+    fps: f64,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 1500)]
+    steps: usize,
+    /// Peak learning rate (cosine decay after 50 warm-up steps).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Held-out clips for the accuracy report.
+    #[arg(long, default_value_t = 256)]
+    eval_clips: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "runs/evaluator")]
+    out: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: DeviceKind,
+}
+
+pub fn train_evaluator(args: TrainEvaluatorArgs) -> Result<()> {
+    on_device!(args.device, train_evaluator_on, autodiff, &args)
+}
+
+fn train_evaluator_on<B: burn::tensor::backend::AutodiffBackend>(
+    device: &B::Device,
+    args: &TrainEvaluatorArgs,
+) -> Result<()> {
+    use endless_model::eval::EvaluatorConfig;
+    use endless_model::train::{TrainEvaluatorOptions, train_evaluator};
+    let options = TrainEvaluatorOptions {
+        width: args.size.width,
+        height: args.size.height,
+        frames: args.frames,
+        batch: args.batch,
+        steps: args.steps,
+        eval_clips: args.eval_clips,
+        seed: args.seed,
+        ..TrainEvaluatorOptions::new(EvaluatorConfig::new().with_fps(args.fps), &args.out)
+    };
+    let options =
+        TrainEvaluatorOptions { optim: endless_model::train::Optimisation { lr: args.lr, ..options.optim }, ..options };
+    let report = train_evaluator::<B>(&options, device)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    println!(
+        "held-out accuracy (worst attribute) {:.2} % over {} frames of {} clips; written to {}",
+        100.0 * report.worst,
+        report.frames,
+        report.clips,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -80,6 +80,9 @@ enum Command {
     Sample(Box<generate::SampleArgs>),
     /// Reconstruction PSNR of a VAE checkpoint on held-out clips; JSON and a contact sheet.
     EvalVae(eval::EvalVaeArgs),
+    /// Trains the evaluator (a small 3D CNN reading the world's attributes off every frame) and
+    /// reports its accuracy on clips of held-out combinations.
+    TrainEvaluator(eval::TrainEvaluatorArgs),
     /// Trains the video VAE on the procedural world (CPU, burn Flex): checkpoints, loss.csv and
     /// loss.png in --out.
     TrainVae {
@@ -199,6 +202,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => generate::train(*args),
         Command::Sample(args) => generate::sample(*args),
         Command::EvalVae(args) => eval::eval_vae(args),
+        Command::TrainEvaluator(args) => eval::train_evaluator(args),
         Command::TrainVae {
             preset,
             size,

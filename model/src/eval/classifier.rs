@@ -1,0 +1,223 @@
+//! The evaluator: a small causal 3D CNN that reads every attribute of the world off each
+//! frame of a clip. Its per-frame features (before the classification head) define the
+//! Fréchet distance between sets of clips (FWD).
+//!
+//! Frames are average-pooled to `input_size`², then four causal convolutions (3×3 spatial,
+//! stride 2; 3 frames in time), each followed by a per-frame group norm and SiLU, then a
+//! spatial mean: a `features`-wide vector per frame that sees the last 9 frames. A linear head
+//! gives the logits of the four attributes. The first [`EvaluatorConfig::warmup_frames`] of a
+//! clip lack the motion context the camera needs; predictions and losses skip them.
+
+use crate::vae::layers::{CausalConv, CausalConvConfig, frame_norm};
+use crate::world::{Attributes, Camera, Scenery, TimeOfDay, Weather};
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::{Int, Tensor, TensorData};
+
+/// The four attributes in head order, with their number of values.
+pub const HEADS: [(&str, usize); 4] =
+    [("time", TimeOfDay::COUNT), ("weather", Weather::COUNT), ("scenery", Scenery::COUNT), ("camera", Camera::COUNT)];
+
+/// Logits per frame: the sum of the heads' sizes.
+pub const LOGITS: usize = TimeOfDay::COUNT + Weather::COUNT + Scenery::COUNT + Camera::COUNT;
+
+/// The value index of each head for `a`.
+pub fn label_indices(a: &Attributes) -> [usize; 4] {
+    [a.time.index(), a.weather.index(), a.scenery.index(), a.camera.index()]
+}
+
+fn attributes_of(indices: [usize; 4]) -> Attributes {
+    Attributes {
+        time: TimeOfDay::from_index(indices[0]),
+        weather: Weather::from_index(indices[1]),
+        scenery: Scenery::from_index(indices[2]),
+        camera: Camera::from_index(indices[3]),
+    }
+}
+
+#[derive(Config, Debug)]
+pub struct EvaluatorConfig {
+    /// Widths of the four stride-2 convolutions; the last is the feature width.
+    #[config(default = "vec![16, 32, 64, 96]")]
+    pub channels: Vec<usize>,
+    /// Frames are average-pooled to this square size first (the clip's side must be a
+    /// multiple of it).
+    #[config(default = 64)]
+    pub input_size: usize,
+    #[config(default = 4)]
+    pub norm_groups: usize,
+    /// Frames per second it was trained at (motion is per frame).
+    #[config(default = 8.0)]
+    pub fps: f64,
+    /// Leading frames of a clip without enough motion context; skipped.
+    #[config(default = 4)]
+    pub warmup_frames: usize,
+}
+
+impl EvaluatorConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Evaluator<B> {
+        let mut c_in = 3;
+        let mut convs = Vec::new();
+        let mut norms = Vec::new();
+        for &c in &self.channels {
+            convs.push(CausalConvConfig::new([c_in, c]).with_stride(2).init(device));
+            norms.push(GroupNormConfig::new(self.norm_groups, c).init(device));
+            c_in = c;
+        }
+        Evaluator {
+            convs,
+            norms,
+            head: LinearConfig::new(c_in, LOGITS).init(device),
+            input_size: self.input_size,
+            warmup_frames: self.warmup_frames,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Evaluator<B: Backend> {
+    pub convs: Vec<CausalConv<B>>,
+    pub norms: Vec<GroupNorm<B>>,
+    pub head: Linear<B>,
+    #[module(skip)]
+    pub input_size: usize,
+    #[module(skip)]
+    pub warmup_frames: usize,
+}
+
+/// What the evaluator makes of a batch of clips.
+pub struct EvaluatorOutput<B: Backend> {
+    /// `[b, t, features]`
+    pub features: Tensor<B, 3>,
+    /// `[b, t, LOGITS]`
+    pub logits: Tensor<B, 3>,
+}
+
+impl<B: Backend> Evaluator<B> {
+    /// # Shapes
+    /// - `video`: `[b, 3, t, h, w]` in [-1, 1], `h` and `w` multiples of `input_size`
+    pub fn forward(&self, video: Tensor<B, 5>) -> EvaluatorOutput<B> {
+        let [b, c, t, h, w] = video.dims();
+        let (fh, fw) = (h / self.input_size, w / self.input_size);
+        assert!(
+            fh >= 1 && fw >= 1 && h == fh * self.input_size && w == fw * self.input_size,
+            "{h}×{w} is not a multiple of {}",
+            self.input_size
+        );
+        let x = video.swap_dims(1, 2).reshape([b * t, c, h, w]);
+        let x = if fh > 1 || fw > 1 { avg_pool2d(x, [fh, fw], [fh, fw], [0, 0], true, false) } else { x };
+        let mut x = x.reshape([b, t, c, self.input_size, self.input_size]);
+        for (conv, norm) in self.convs.iter().zip(&self.norms) {
+            x = silu(frame_norm(norm, conv.forward(x)));
+        }
+        let [_, _, f, hh, ww] = x.dims();
+        let features = x.reshape([b, t, f, hh * ww]).mean_dim(3).reshape([b, t, f]);
+        let logits = self.head.forward(features.clone());
+        EvaluatorOutput { features, logits }
+    }
+
+    /// Mean cross-entropy of the four heads over every frame after the warm-up.
+    ///
+    /// # Shapes
+    /// - `video`: `[b, 3, t, h, w]`; `labels[i][j]`: the attributes of frame `j` of clip `i`
+    pub fn loss(&self, video: Tensor<B, 5>, labels: &[Vec<Attributes>]) -> Tensor<B, 1> {
+        let device = video.device();
+        let [b, _, t, _, _] = video.dims();
+        let skip = self.warmup_frames.min(t - 1);
+        let n = b * (t - skip);
+        let logits = self.forward(video).logits.narrow(1, skip, t - skip).reshape([n, LOGITS]);
+        let ce = CrossEntropyLossConfig::new().init(&device);
+        let mut offset = 0;
+        let mut total: Option<Tensor<B, 1>> = None;
+        for (k, &(_, size)) in HEADS.iter().enumerate() {
+            let targets: Vec<i64> =
+                labels.iter().flat_map(|clip| clip[skip..].iter().map(move |a| label_indices(a)[k] as i64)).collect();
+            let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+            let l = ce.forward(logits.clone().narrow(1, offset, size), targets);
+            total = Some(match total {
+                Some(t) => t + l,
+                None => l,
+            });
+            offset += size;
+        }
+        total.expect("four heads").div_scalar(HEADS.len() as f32)
+    }
+
+    /// Per-frame readings of a batch: the attributes and the features of every frame after the
+    /// warm-up (`[b][t - warmup]`).
+    pub fn read(&self, video: Tensor<B, 5>) -> Vec<Vec<Reading>> {
+        let [b, _, t, _, _] = video.dims();
+        let skip = self.warmup_frames.min(t - 1);
+        let out = self.forward(video);
+        let f = out.features.dims()[2];
+        let logits: Vec<f32> = out.logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
+        let features: Vec<f32> = out.features.into_data().convert::<f32>().into_vec().expect("f32 features");
+        (0..b)
+            .map(|i| {
+                (skip..t)
+                    .map(|j| {
+                        let row = &logits[(i * t + j) * LOGITS..(i * t + j + 1) * LOGITS];
+                        let mut indices = [0; 4];
+                        let mut offset = 0;
+                        for (k, &(_, size)) in HEADS.iter().enumerate() {
+                            let head = &row[offset..offset + size];
+                            indices[k] = (0..size).fold(0, |best, v| if head[v] > head[best] { v } else { best });
+                            offset += size;
+                        }
+                        Reading {
+                            attributes: attributes_of(indices),
+                            features: features[(i * t + j) * f..(i * t + j + 1) * f].to_vec(),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The evaluator's reading of one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub attributes: Attributes,
+    pub features: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn labels_round_trip_through_indices() {
+        for &time in TimeOfDay::ALL {
+            for &camera in Camera::ALL {
+                let a = Attributes { time, camera, ..Attributes::default() };
+                assert_eq!(attributes_of(label_indices(&a)), a);
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_and_causality() {
+        let device = Default::default();
+        let e = EvaluatorConfig::new().with_input_size(16).init::<Flex>(&device);
+        let video =
+            Tensor::<Flex, 5>::random([2, 3, 7, 32, 32], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
+        let out = e.forward(video.clone());
+        assert_eq!(out.features.dims(), [2, 7, 96]);
+        assert_eq!(out.logits.dims(), [2, 7, LOGITS]);
+        // Changing the last frame changes nothing before it.
+        let changed = Tensor::cat(vec![video.clone().narrow(2, 0, 6), video.narrow(2, 6, 1).neg()], 2);
+        let again = e.forward(changed).features;
+        let before = (out.features.clone().narrow(1, 0, 6) - again.clone().narrow(1, 0, 6)).abs().max().into_scalar();
+        let last = (out.features.narrow(1, 6, 1) - again.narrow(1, 6, 1)).abs().max().into_scalar();
+        assert!(before < 1e-6 && last > 1e-4, "before {before}, last {last}");
+        let readings = e.read(Tensor::zeros([1, 3, 7, 32, 32], &device));
+        assert_eq!((readings.len(), readings[0].len(), readings[0][0].features.len()), (1, 3, 96));
+    }
+}

@@ -1,0 +1,131 @@
+//! Camera motion read off pixels: the horizontal shift between consecutive frames of the
+//! lower part of the picture (the nearest land layer, which pans at the camera's speed), by
+//! phase correlation of the rows, to a tenth of a pixel.
+
+use crate::world::Camera;
+use std::f64::consts::TAU;
+
+/// Luma rows `[from, to)` of an RGB8 frame, mean-removed and Hann-windowed.
+fn rows(rgb: &[u8], width: usize, from: usize, to: usize) -> Vec<Vec<f64>> {
+    (from..to)
+        .map(|y| {
+            let luma: Vec<f64> = (0..width)
+                .map(|x| {
+                    let p = &rgb[(y * width + x) * 3..];
+                    0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
+                })
+                .collect();
+            let mean = luma.iter().sum::<f64>() / width as f64;
+            luma.iter()
+                .enumerate()
+                .map(|(x, v)| (v - mean) * (0.5 - 0.5 * (TAU * x as f64 / width as f64).cos()))
+                .collect()
+        })
+        .collect()
+}
+
+/// DFT of a real row: (re, im) per frequency (the width is small; O(n²) is fine).
+fn dft(row: &[f64], cos: &[f64], sin: &[f64]) -> Vec<(f64, f64)> {
+    let n = row.len();
+    (0..n)
+        .map(|k| {
+            row.iter().enumerate().fold((0.0, 0.0), |(re, im), (x, &v)| {
+                let i = (k * x) % n;
+                (re + v * cos[i], im - v * sin[i])
+            })
+        })
+        .collect()
+}
+
+/// The shift `d` in pixels (positive: the picture moved right) that maps the lower 30 % of `a`
+/// onto that of `b`, within ±width/4.
+pub fn horizontal_shift(a: &[u8], b: &[u8], width: usize, height: usize) -> f64 {
+    let (from, to) = (height * 7 / 10, height);
+    let cos: Vec<f64> = (0..width).map(|i| (TAU * i as f64 / width as f64).cos()).collect();
+    let sin: Vec<f64> = (0..width).map(|i| (TAU * i as f64 / width as f64).sin()).collect();
+    // Cross-power spectrum conj(A)·B, normalised per frequency, summed over rows.
+    let mut cross = vec![(0.0, 0.0); width];
+    for (ra, rb) in rows(a, width, from, to).iter().zip(rows(b, width, from, to).iter()) {
+        let (fa, fb) = (dft(ra, &cos, &sin), dft(rb, &cos, &sin));
+        for k in 0..width {
+            let (ar, ai) = fa[k];
+            let (br, bi) = fb[k];
+            let (re, im) = (ar * br + ai * bi, ar * bi - ai * br);
+            let norm = (re * re + im * im).sqrt() + 1e-9;
+            cross[k].0 += re / norm;
+            cross[k].1 += im / norm;
+        }
+    }
+    // Inverse DFT (real part) over the shifts of interest.
+    let limit = (width / 4) as i64;
+    let corr = |s: i64| -> f64 {
+        let x = s.rem_euclid(width as i64) as usize;
+        (0..width)
+            .map(|k| {
+                let i = (k * x) % width;
+                cross[k].0 * cos[i] - cross[k].1 * sin[i]
+            })
+            .sum()
+    };
+    let values: Vec<(i64, f64)> = (-limit..=limit).map(|s| (s, corr(s))).collect();
+    let (best, peak) = values.iter().copied().fold((0, f64::MIN), |b, v| if v.1 > b.1 { v } else { b });
+    // Parabolic refinement around the peak.
+    let (l, r) = (corr(best - 1), corr(best + 1));
+    let denom = l - 2.0 * peak + r;
+    let offset = if denom.abs() > 1e-12 { (0.5 * (l - r) / denom).clamp(-0.5, 0.5) } else { 0.0 };
+    best as f64 + offset
+}
+
+/// The camera velocity (screen heights per second, the world's convention: negative pans
+/// left) that the median shift between consecutive frames implies.
+pub fn camera_velocity(frames: &[Vec<u8>], width: usize, height: usize, fps: f64) -> f64 {
+    let mut shifts: Vec<f64> = frames.windows(2).map(|w| horizontal_shift(&w[0], &w[1], width, height)).collect();
+    if shifts.is_empty() {
+        return 0.0;
+    }
+    shifts.sort_by(f64::total_cmp);
+    let median = shifts[shifts.len() / 2];
+    // A camera panning right moves the picture left.
+    -median * fps / height as f64
+}
+
+/// The camera label of a measured velocity.
+pub fn camera_of(velocity: f64) -> Camera {
+    Camera::from_velocity(velocity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::{Attributes, ClipOptions, ClipSampler, PAN_SPEED, Split};
+
+    #[test]
+    fn a_shifted_texture_gives_its_shift() {
+        let (w, h) = (64, 20);
+        let texture = |x: f64, y: usize| 128.0 + 60.0 * (x * 0.31 + y as f64).sin() + 40.0 * (x * 0.113).cos();
+        let frame = |dx: f64| -> Vec<u8> {
+            (0..h).flat_map(|y| (0..w).flat_map(move |x| [texture(x as f64 - dx, y) as u8; 3])).collect()
+        };
+        for d in [-3.0, 0.0, 2.0, 5.0] {
+            let got = horizontal_shift(&frame(0.0), &frame(d), w, h);
+            assert!((got - d).abs() < 0.35, "shift {d}: measured {got}");
+        }
+    }
+
+    #[test]
+    fn world_clips_read_their_camera() {
+        let o = ClipOptions { width: 128, height: 128, fps: 8.0, frames: 12, transition_probability: 0.0 };
+        let mut sampler = ClipSampler::new(Split::Train, 5);
+        let mut right = 0;
+        for _ in 0..9 {
+            let clip = sampler.next_clip(&o);
+            let want: Attributes = clip.labels()[0];
+            let v = camera_velocity(&clip.render(true), 128, 128, 8.0);
+            right += (camera_of(v) == want.camera) as usize;
+            if want.camera != Camera::Still {
+                assert!((v - want.camera.velocity()).abs() < PAN_SPEED * 0.5, "{want}: {v}");
+            }
+        }
+        assert!(right >= 8, "{right} of 9");
+    }
+}
