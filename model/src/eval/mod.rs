@@ -3,10 +3,12 @@
 
 pub mod classifier;
 pub mod frechet;
+pub mod generation;
 pub mod motion;
 pub mod vae;
 
 pub use classifier::{Evaluator, EvaluatorConfig, Reading};
 pub use frechet::frechet_distance;
+pub use generation::{GenerationEvalOptions, GenerationReport, Streams, evaluate_generation, held_out_cases};
 pub use motion::{camera_velocity, horizontal_shift};
 pub use vae::{VaeReport, evaluate_vae, mse_u8, psnr};

@@ -153,6 +153,53 @@ pub fn write_loss_plot(rows: &[LossRow], path: &Path, width: usize, height: usiz
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// A line of a plot: its colour and its `(x, y)` points.
+pub type Series = ([u8; 3], Vec<(f64, f64)>);
+
+/// Line plot of several `(x, y)` series on one linear y axis from 0 (or the lowest value, if
+/// negative) to the highest, with 10 x ticks and 5 y grid lines; each series in its colour.
+pub fn write_series_plot(series: &[Series], path: &Path, width: usize, height: usize) -> Result<()> {
+    let mut c = Canvas::new(width, height);
+    let (x0, x1, y0, y1) = (30i64, width as i64 - 11, 10i64, height as i64 - 21);
+    let black = [0, 0, 0];
+    c.line((x0, y1), (x1, y1), black);
+    c.line((x0, y0), (x0, y1), black);
+    let points = series.iter().flat_map(|(_, s)| s.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut xl, mut xh, mut yl, mut yh) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, f64::NEG_INFINITY);
+    for &(x, y) in points {
+        (xl, xh, yl, yh) = (xl.min(x), xh.max(x), yl.min(y), yh.max(y));
+    }
+    if xl.is_finite() {
+        let (xh, yh) = (if xh > xl { xh } else { xl + 1.0 }, if yh > yl { yh } else { yl + 1.0 });
+        let px = |x: f64| x0 + ((x - xl) / (xh - xl) * (x1 - x0) as f64).round() as i64;
+        let py = |y: f64| y1 - ((y - yl) / (yh - yl) * (y1 - y0) as f64).round() as i64;
+        for k in 0..=5 {
+            let y = y1 - (y1 - y0) * k / 5;
+            c.line((x0 - 4, y), (x0, y), black);
+            for x in (x0..=x1).step_by(4) {
+                c.put(x, y, [210, 210, 210]);
+            }
+        }
+        for k in 0..=10 {
+            let x = x0 + (x1 - x0) * k / 10;
+            c.line((x, y1), (x, y1 + if k % 5 == 0 { 8 } else { 4 }), black);
+        }
+        for (color, s) in series {
+            let mut prev = None;
+            for &(x, y) in s.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
+                let p = (px(x), py(y));
+                match prev {
+                    Some(q) => c.line(q, p, *color),
+                    None => c.put(p.0, p.1, *color),
+                }
+                prev = Some(p);
+            }
+        }
+    }
+    crate::media::write_png(path, crate::media::Size { width, height }, &c.rgb)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

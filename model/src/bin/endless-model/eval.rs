@@ -142,3 +142,154 @@ fn train_evaluator_on<B: burn::tensor::backend::AutodiffBackend>(
     );
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A pipeline folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// The evaluator's folder (what `train-evaluator` writes).
+    #[arg(long)]
+    evaluator: PathBuf,
+    /// Held-out prompts, one clip each.
+    #[arg(long, default_value_t = 12)]
+    cases: usize,
+    /// Length of each clip.
+    #[arg(long, default_value_t = 4.0)]
+    clip_seconds: f64,
+    /// Length of the one continuous stream measured minute by minute (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    drift_minutes: f64,
+    /// Prompt switches measured.
+    #[arg(long, default_value_t = 4)]
+    switch_cases: usize,
+    /// Extension modes to compare on the same prompts and seeds (the ablation).
+    #[arg(long, value_delimiter = ',', default_value = "conditioned")]
+    modes: Vec<String>,
+    /// DDIM steps per chunk.
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    #[arg(long, default_value_t = 3.0)]
+    text_guidance: f64,
+    #[arg(long, default_value_t = 1.0)]
+    context_guidance: f64,
+    /// Reconstruction-guidance weight (mode guided).
+    #[arg(long, default_value_t = 2.0)]
+    guidance_weight: f64,
+    /// Past latent frames each chunk is conditioned on.
+    #[arg(long, default_value_t = 2)]
+    context: usize,
+    /// Streams generated per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    no_ema: bool,
+    /// all-MiniLM-L6-v2 folder (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Output folder: report-<mode>.json, summary.json, drift-*.png.
+    #[arg(long, default_value = "runs/eval")]
+    out: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: DeviceKind,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    on_device!(args.device, eval_on, &args)
+}
+
+fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
+    use endless_model::diffusion::Guidance;
+    use endless_model::eval::{GenerationEvalOptions, GenerationReport, evaluate_generation};
+    use endless_model::pipeline::{Pipeline, SamplerSettings};
+    use endless_model::text::{TextEncoder, default_dir};
+    use endless_model::train::{load_evaluator, write_series_plot};
+    let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
+    let evaluator = load_evaluator::<B>(&args.evaluator, device)?;
+    let text_dir = args.text.clone().unwrap_or_else(default_dir);
+    let text = TextEncoder::<B>::load(&text_dir, device)
+        .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;
+    std::fs::create_dir_all(&args.out)?;
+    let mut reports: Vec<(String, GenerationReport)> = Vec::new();
+    for name in &args.modes {
+        let mode = crate::generate::parse_mode(name, args.guidance_weight)?;
+        let options = GenerationEvalOptions {
+            cases: args.cases,
+            clip_seconds: args.clip_seconds,
+            settings: SamplerSettings {
+                steps: args.steps.max(1),
+                eta: 0.0,
+                guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
+                mode,
+            },
+            context_frames: args.context,
+            drift_minutes: args.drift_minutes,
+            switch_cases: args.switch_cases,
+            switch_at: 3.0,
+            switch_after: 6.0,
+            batch: args.batch,
+            seed: args.seed,
+        };
+        eprintln!("measuring mode {name}…");
+        let report = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &options, device);
+        let path = args.out.join(format!("report-{name}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("wrote {}", path.display());
+        reports.push((name.clone(), report));
+    }
+    println!(
+        "| mode | adherence | FWD (real vs real) | boundary jump (real) | camera direction | camera speed error | switch s | drift: adherence, FWD change | × real time |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, r) in &reports {
+        let change = |k: &str| {
+            r.drift_change.iter().find(|(n, _)| n == k).map_or("–".into(), |(_, v)| format!("{:+.0} %", 100.0 * v))
+        };
+        println!(
+            "| {name} | {:.1} % | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.0} % | {:.3} | {} | {}, {} | {:.2} |",
+            100.0 * r.generated.adherence_mean,
+            r.fwd,
+            r.fwd_real_vs_real,
+            r.generated.boundary_jump,
+            r.real.boundary_jump,
+            100.0 * r.generated.camera_direction,
+            r.generated.camera_speed_error,
+            r.switch_seconds_mean.map_or("none".into(), |s| format!("{s:.2}")),
+            change("adherence"),
+            change("fwd"),
+            r.realtime_factor
+        );
+    }
+    let colours = [[20, 60, 160], [220, 110, 20], [30, 150, 60], [160, 30, 140]];
+    let plot = |file: &str, f: &dyn Fn(&endless_model::eval::generation::MinuteMetrics) -> f64| -> Result<()> {
+        let series: Vec<endless_model::train::Series> = reports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| (colours[i % colours.len()], r.drift.iter().map(|m| (m.minute as f64, f(m))).collect()))
+            .collect();
+        write_series_plot(&series, &args.out.join(file), 480, 240)
+    };
+    plot("drift-adherence.png", &|m| m.metrics.adherence_mean)?;
+    plot("drift-fwd.png", &|m| m.fwd)?;
+    plot("drift-boundary-jump.png", &|m| m.metrics.boundary_jump)?;
+    let summary: Vec<serde_json::Value> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, (name, r))| {
+            serde_json::json!({
+                "mode": name, "plot_colour": colours[i % colours.len()],
+                "adherence": r.generated.adherence_mean, "fwd": r.fwd, "fwd_real_vs_real": r.fwd_real_vs_real,
+                "boundary_jump": r.generated.boundary_jump, "boundary_jump_real": r.real.boundary_jump,
+                "camera_direction": r.generated.camera_direction, "camera_speed_error": r.generated.camera_speed_error,
+                "switch_seconds_mean": r.switch_seconds_mean, "drift_change": r.drift_change,
+                "realtime_factor": r.realtime_factor,
+            })
+        })
+        .collect();
+    std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

@@ -233,6 +233,16 @@ pub struct SampleArgs {
     device: DeviceKind,
 }
 
+/// An extension mode by name; `weight` is the reconstruction-guidance weight of `guided`.
+pub fn parse_mode(name: &str, weight: f64) -> Result<ExtendMode> {
+    Ok(match name {
+        "replacement" => ExtendMode::Replacement,
+        "conditioned" => ExtendMode::Conditioned,
+        "guided" => ExtendMode::Guided { weight },
+        other => bail!("unknown mode {other:?}: replacement, conditioned or guided"),
+    })
+}
+
 pub fn sample(args: SampleArgs) -> Result<()> {
     if args.out.is_none() && args.contact_sheet.is_none() {
         bail!("nothing to write: give --out clip.mp4 and/or --contact-sheet sheet.png");
@@ -240,12 +250,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
         bail!("--seconds must be in (0, 86400]");
     }
-    let mode = match args.mode.as_str() {
-        "replacement" => ExtendMode::Replacement,
-        "conditioned" => ExtendMode::Conditioned,
-        "guided" => ExtendMode::Guided { weight: args.guidance_weight },
-        other => bail!("unknown --mode {other:?}: replacement, conditioned or guided"),
-    };
+    let mode = parse_mode(&args.mode, args.guidance_weight)?;
     let settings = SamplerSettings {
         steps: args.steps.max(1),
         eta: args.eta,

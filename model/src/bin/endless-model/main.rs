@@ -83,6 +83,10 @@ enum Command {
     /// Trains the evaluator (a small 3D CNN reading the world's attributes off every frame) and
     /// reports its accuracy on clips of held-out combinations.
     TrainEvaluator(eval::TrainEvaluatorArgs),
+    /// Measures a pipeline on held-out prompts with a trained evaluator: adherence, FWD,
+    /// chunk-boundary jump, camera motion, drift per minute, prompt-switch response; one
+    /// report per extension mode (the ablation). JSON and PNG plots in --out.
+    Eval(Box<eval::EvalArgs>),
     /// Trains the video VAE on the procedural world (CPU, burn Flex): checkpoints, loss.csv and
     /// loss.png in --out.
     TrainVae {
@@ -203,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => generate::sample(*args),
         Command::EvalVae(args) => eval::eval_vae(args),
         Command::TrainEvaluator(args) => eval::train_evaluator(args),
+        Command::Eval(args) => eval::eval(*args),
         Command::TrainVae {
             preset,
             size,
