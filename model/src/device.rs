@@ -91,3 +91,32 @@ pub fn resolve(kind: DeviceKind) -> Result<Resolved, String> {
         }
     }
 }
+
+/// The device's measured peak: GFLOP/s of `reps` products of two `n × n` f32 matrices (after
+/// one unmeasured warm-up), the denominator of model FLOP utilisation.
+pub fn peak_matmul_gflops<B: burn::tensor::backend::Backend>(device: &B::Device, n: usize, reps: usize) -> f64 {
+    use burn::tensor::{Distribution, Tensor};
+    let a = Tensor::<B, 2>::random([n, n], Distribution::Uniform(-1.0, 1.0), device);
+    let b = Tensor::<B, 2>::random([n, n], Distribution::Uniform(-1.0, 1.0), device);
+    let _ = a.clone().matmul(b.clone()).sum().into_scalar();
+    let _ = B::sync(device);
+    let started = std::time::Instant::now();
+    let mut acc = Tensor::<B, 2>::zeros([n, n], device);
+    for _ in 0..reps.max(1) {
+        acc = acc + a.clone().matmul(b.clone());
+    }
+    let _ = acc.sum().into_scalar();
+    let _ = B::sync(device);
+    2.0 * (n as f64).powi(3) * reps.max(1) as f64 / started.elapsed().as_secs_f64() / 1e9
+}
+
+/// [`peak_matmul_gflops`] on a resolved device (4096², 16 products on a GPU; 1024², 4 on the CPU).
+pub fn peak_gflops(device: Resolved) -> f64 {
+    match device {
+        Resolved::Cpu => peak_matmul_gflops::<burn::backend::Flex>(&Default::default(), 1024, 4),
+        #[cfg(feature = "cuda")]
+        Resolved::Cuda => peak_matmul_gflops::<burn::backend::Cuda>(&Default::default(), 4096, 16),
+        #[cfg(not(feature = "cuda"))]
+        Resolved::Cuda => unreachable!("without the cuda feature nothing resolves to cuda"),
+    }
+}

@@ -118,6 +118,19 @@ pub struct ChunkRequest<B: Backend> {
     pub text: Arc<TextEmbedding>,
 }
 
+/// The denoiser passes one guided step runs, as (with context, with text): the full pass; the
+/// context-only pass when either scale is not 1; the null pass when the context is guided.
+fn guidance_passes(g: &Guidance) -> Vec<(bool, bool)> {
+    let mut passes = vec![(true, true)];
+    if g.text != 1.0 || g.context != 1.0 {
+        passes.push((true, false));
+    }
+    if g.context != 1.0 {
+        passes.push((false, false));
+    }
+    passes
+}
+
 /// A loaded pipeline.
 #[derive(Debug, Clone)]
 pub struct Pipeline<B: Backend> {
@@ -205,14 +218,7 @@ impl<B: Backend> Pipeline<B> {
     ) -> Tensor<B, 5> {
         let b = z.dims()[0];
         let g = settings.guidance;
-        // Passes: full (context, text), context only, and null when the context is guided.
-        let mut passes = vec![(true, true)];
-        if g.text != 1.0 || g.context != 1.0 {
-            passes.push((true, false));
-        }
-        if g.context != 1.0 {
-            passes.push((false, false));
-        }
+        let passes = guidance_passes(&g);
         let n = passes.len();
         let repeat = |x: &Tensor<B, 5>| Tensor::cat(vec![x.clone(); n], 0);
         let z_all = repeat(&z);
@@ -249,6 +255,16 @@ impl<B: Backend> Pipeline<B> {
             }
             (Some(context_only), Some(null)) => g.combine(null, context_only, full),
         }
+    }
+
+    /// GFLOPs of the denoiser's matrix products for one chunk of one stream with `settings`
+    /// and a prompt of `text_tokens` tokens: every guided pass of every step, and for
+    /// reconstruction guidance the backward pass of the full one (≈ twice a forward).
+    pub fn chunk_gflops(&self, settings: &SamplerSettings, text_tokens: usize) -> f64 {
+        let [_, h, w] = self.latent_frame();
+        let forward = self.denoiser_config.gflops(self.spec.window, h, w, text_tokens);
+        let backward = if matches!(settings.mode, ExtendMode::Guided { .. }) { 2.0 } else { 0.0 };
+        settings.steps as f64 * (guidance_passes(&settings.guidance).len() as f64 + backward) * forward
     }
 
     /// Generates one chunk for every request, batched: returns each request's new normalised

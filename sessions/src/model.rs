@@ -76,6 +76,12 @@ pub struct SchedulerStats {
     /// device state (context and decoder state) has taken: bounded whatever the stream length.
     pub context_frames_max: AtomicU64,
     pub stream_bytes_max: AtomicU64,
+    /// Totals since the start: microseconds in the denoiser (every step of every chunk, with
+    /// the transfer of its inputs), microseconds in the VAE decoder (with the frames' copy to
+    /// the host), and MFLOPs of the denoiser's matrix products (`Pipeline::chunk_gflops`).
+    pub denoise_us: AtomicU64,
+    pub decode_us: AtomicU64,
+    pub denoise_mflop: AtomicU64,
 }
 
 /// One chunk's frames.
@@ -330,6 +336,9 @@ fn run<B: Backend>(
             Err(_) => requests.iter().map(|r| attempt(std::slice::from_ref(r)).map(|mut l| l.remove(0))).collect(),
         };
         let denoised = started.elapsed().as_secs_f64();
+        let mflop: f64 = batch.iter().map(|j| 1e3 * pipeline.chunk_gflops(&sampler, j.text.num_tokens())).sum();
+        stats.denoise_us.fetch_add((denoised * 1e6) as u64, Ordering::Relaxed);
+        stats.denoise_mflop.fetch_add(mflop as u64, Ordering::Relaxed);
         let mut done = Vec::new();
         for (job, result) in batch.into_iter().zip(results) {
             match result {
@@ -368,6 +377,7 @@ fn run<B: Backend>(
             let _ = job.reply.send(Ok(ChunkOut { frames, steps }));
         }
         let decoded = decode_started.elapsed().as_secs_f64();
+        stats.decode_us.fetch_add((decoded * 1e6) as u64, Ordering::Relaxed);
         // Running means, per chunk.
         let mix = |old: f64, new: f64| if old == 0.0 { new } else { 0.8 * old + 0.2 * new };
         step_secs = mix(step_secs, denoised / (b * steps as f64));

@@ -26,6 +26,12 @@ pub struct Row {
     pub realtime_factor: f64,
     /// Mean chunks per batch the worker formed.
     pub mean_batch: f64,
+    /// Shares of the wall time the worker spent in the denoiser and in the VAE decoder (the
+    /// rest: waiting for work, scheduling, the sessions' threads).
+    pub denoise_share: f64,
+    pub decode_share: f64,
+    /// Model FLOP utilisation: the denoiser's counted FLOPs ÷ its time ÷ the device's peak.
+    pub mfu: f64,
 }
 
 /// Runs the benchmark with the `[model]` settings of `config`; `seconds` of video per session.
@@ -34,22 +40,31 @@ pub struct Row {
 pub fn run(config: &Config, seconds: f64, max_sessions: usize, past_realtime: bool) -> Result<Vec<Row>> {
     let scheduler = Scheduler::start(crate::server::model_settings(config)).map_err(anyhow::Error::msg)?;
     let fps = scheduler.spec.fps;
+    let peak = endless_model::device::peak_gflops(scheduler.device);
+    println!("device {:?}: peak {peak:.0} GFLOP/s (f32 matmul)\n", scheduler.device);
+    println!(
+        "| sessions | first frame mean (s) | first frame worst (s) | fps per session | fps total | real-time factor | chunks per batch | denoiser share | decoder share | MFU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let frames = (seconds * fps).ceil() as usize;
     // Warm-up: one stream's first chunks (allocation, caches), not measured.
     ModelSource::new(scheduler.clone(), "warm-up", 0).next_chunk(scheduler.first_chunk_frames)?;
     let mut rows = Vec::new();
     let mut n = 1;
     while n <= max_sessions {
-        let row = measure(&scheduler, n, frames, fps)?;
+        let row = measure(&scheduler, n, frames, fps, peak)?;
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} % | {:.0} % | {:.1} % |",
             row.sessions,
             row.first_frame_mean_s,
             row.first_frame_max_s,
             row.session_fps,
             row.total_fps,
             row.realtime_factor,
-            row.mean_batch
+            row.mean_batch,
+            100.0 * row.denoise_share,
+            100.0 * row.decode_share,
+            100.0 * row.mfu
         );
         let keeps_up = row.realtime_factor >= 1.0;
         rows.push(row);
@@ -61,12 +76,23 @@ pub fn run(config: &Config, seconds: f64, max_sessions: usize, past_realtime: bo
     Ok(rows)
 }
 
-fn measure(scheduler: &Arc<Scheduler>, n: usize, frames: usize, fps: f64) -> Result<Row> {
+fn measure(scheduler: &Arc<Scheduler>, n: usize, frames: usize, fps: f64, peak: f64) -> Result<Row> {
+    use std::sync::atomic::Ordering::SeqCst;
     let prompts = ["snowy mountains at night", "a desert at sunset", "a foggy morning at sea", "a city in the rain"];
-    let (batches0, chunks0) = (
-        scheduler.stats.batches.load(std::sync::atomic::Ordering::SeqCst),
-        scheduler.stats.chunks.load(std::sync::atomic::Ordering::SeqCst),
-    );
+    let s = &scheduler.stats;
+    let counters =
+        || [&s.batches, &s.chunks, &s.denoise_us, &s.decode_us, &s.denoise_mflop].map(|c| c.load(SeqCst) as f64);
+    // Let chunks still in flight for the previous row's sessions finish first.
+    let mut last = s.chunks.load(SeqCst);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = s.chunks.load(SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let before = counters();
     let started = Instant::now();
     let threads: Vec<_> = (0..n)
         .map(|i| {
@@ -88,8 +114,8 @@ fn measure(scheduler: &Arc<Scheduler>, n: usize, frames: usize, fps: f64) -> Res
         results.push(t.join().map_err(|_| anyhow::anyhow!("a bench session panicked"))?.map_err(anyhow::Error::msg)?);
     }
     let wall = results.iter().map(|r| r.1).fold(0.0, f64::max);
-    let batches = scheduler.stats.batches.load(std::sync::atomic::Ordering::SeqCst) - batches0;
-    let chunks = scheduler.stats.chunks.load(std::sync::atomic::Ordering::SeqCst) - chunks0;
+    let after = counters();
+    let [batches, chunks, denoise_us, decode_us, mflop] = std::array::from_fn(|i| after[i] - before[i]);
     let session_fps = frames as f64 / wall;
     Ok(Row {
         sessions: n,
@@ -98,6 +124,9 @@ fn measure(scheduler: &Arc<Scheduler>, n: usize, frames: usize, fps: f64) -> Res
         session_fps,
         total_fps: session_fps * n as f64,
         realtime_factor: session_fps / fps,
-        mean_batch: chunks as f64 / batches.max(1) as f64,
+        mean_batch: chunks / batches.max(1.0),
+        denoise_share: denoise_us / 1e6 / wall,
+        decode_share: decode_us / 1e6 / wall,
+        mfu: if denoise_us > 0.0 { mflop / 1e3 / (denoise_us / 1e6) / peak } else { 0.0 },
     })
 }

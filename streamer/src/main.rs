@@ -115,10 +115,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bench { seconds, max_sessions, json, past_realtime } => {
-            println!(
-                "| sessions | first frame mean (s) | first frame worst (s) | fps per session | fps total | real-time factor | chunks per batch |"
-            );
-            println!("|---|---|---|---|---|---|---|");
             match endless_streamer::bench::run(&config, seconds, max_sessions, past_realtime) {
                 Ok(rows) => match std::fs::write(&json, serde_json::to_string_pretty(&rows).expect("rows serialise")) {
                     Ok(()) => ExitCode::SUCCESS,
