@@ -68,3 +68,35 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn the_evaluator_trains_saves_and_reloads() {
+    use burn::backend::Autodiff;
+    use endless_model::train::{TrainEvaluatorOptions, load_evaluator, train_evaluator};
+    use endless_model::world::{ClipOptions, Split};
+    let out = dir("evaluator");
+    let options = TrainEvaluatorOptions {
+        width: 32,
+        height: 32,
+        frames: 6,
+        batch: 2,
+        steps: 3,
+        eval_clips: 4,
+        log_every: 0,
+        ..TrainEvaluatorOptions::new(EvaluatorConfig::new().with_input_size(32), &out)
+    };
+    let device = Default::default();
+    let report = train_evaluator::<Autodiff<Flex>>(&options, &device).unwrap();
+    // Frames 4 and 5 of each of the 4 held-out clips are judged.
+    assert_eq!((report.clips, report.frames, report.accuracy.len()), (4, 8, 4));
+    assert!(report.accuracy.iter().all(|(_, a)| (0.0..=1.0).contains(a)));
+    for file in ["evaluator.safetensors", "evaluator.json", "loss.csv", "loss.png", "accuracy.json"] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+    // The saved evaluator (f16) loads and judges clips.
+    let evaluator = load_evaluator::<Flex>(&out, &device).unwrap();
+    let o = ClipOptions { width: 32, height: 32, frames: 6, ..ClipOptions::default() };
+    let again = endless_model::train::evaluator::accuracy(&evaluator, &o, Split::HeldOut, 4, 7, &device);
+    assert_eq!(again.frames, 8);
+    let _ = std::fs::remove_dir_all(&out);
+}

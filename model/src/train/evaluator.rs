@@ -187,7 +187,7 @@ pub fn train_evaluator<B: AutodiffBackend>(o: &TrainEvaluatorOptions, device: &B
         "clip": {"width": o.width, "height": o.height, "frames": o.frames},
         "held_out": &report,
     });
-    checkpoint::save(&model, &o.config, &meta, &o.out.join(EVALUATOR_FILE), Precision::F32)?;
+    checkpoint::save(&model, &o.config, &meta, &o.out.join(EVALUATOR_FILE), Precision::F16)?;
     write_loss_csv(&rows, &o.out.join("loss.csv"))?;
     write_loss_plot(&rows, &o.out.join("loss.png"), 480, 240)?;
     std::fs::write(o.out.join("accuracy.json"), serde_json::to_string_pretty(&report)?)?;
