@@ -47,6 +47,8 @@ pub struct AppState {
     /// Open WebSocket connections: the HTTP server's graceful shutdown does not wait for
     /// upgraded connections, so shutdown waits here for them to send their close frames.
     connections: tokio_util::task::TaskTracker,
+    /// A session ended since the heap was last trimmed.
+    heap_dirty: std::sync::atomic::AtomicBool,
 }
 
 /// A client-facing refusal: the message says what was wrong with their request.
@@ -90,6 +92,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             closing: CancellationToken::new(),
             connections: tokio_util::task::TaskTracker::new(),
+            heap_dirty: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -140,6 +143,7 @@ impl AppState {
     async fn close_stream(&self, id: &SessionId, reason: &str) {
         if let Some((_, stream)) = self.streams.remove(id) {
             stream.shutdown(reason).await;
+            self.heap_dirty.store(true, Ordering::Relaxed);
         }
     }
 
@@ -193,6 +197,19 @@ pub fn model_settings(config: &Config) -> ModelSettings {
     }
 }
 
+/// Gives the C heap's free pages back to the system. An ended session frees its encoder's
+/// buffers (x264's lookahead, GStreamer's pools) inside glibc's heap, which keeps them: in a
+/// 32-minute soak the server's RSS grew 28 % under a steady load, and `malloc_trim` at minute
+/// 21 returned 12 of its 74 MiB. Called once a second at most, after a session has ended.
+#[allow(unsafe_code)]
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas and takes their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
@@ -213,7 +230,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => evictor.evict().await,
+                _ = tick.tick() => {
+                    evictor.evict().await;
+                    if evictor.heap_dirty.swap(false, Ordering::Relaxed) {
+                        trim_heap();
+                    }
+                }
                 _ = stop_evicting.cancelled() => return,
             }
         }

@@ -122,7 +122,14 @@ impl TestServer {
             .expect("endless starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line).expect("endless prints its address");
+        let mut reader = std::io::BufReader::new(stdout);
+        reader.read_line(&mut line).expect("endless prints its address");
+        // The rest of its output (its log) goes on to ours: a closed pipe would lose it.
+        std::thread::spawn(move || {
+            for l in reader.lines().map_while(Result::ok) {
+                eprintln!("endless: {l}");
+            }
+        });
         let addr = line
             .trim()
             .rsplit("http://")
