@@ -236,7 +236,8 @@ pub struct GenerationEvalOptions {
 /// Metrics over a set of clips, generated or real.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClipMetrics {
-    /// Per attribute: fraction of frames where the evaluator reads the prompt's value.
+    /// Per attribute: fraction of frames where the evaluator reads the prompt's value; for the
+    /// camera, fraction of clips whose measured pan has the prompt's direction.
     pub adherence: Vec<(String, f64)>,
     pub adherence_mean: f64,
     /// Mean frame difference across chunk boundaries ÷ within chunks.
@@ -309,7 +310,10 @@ fn clip_metrics<B: Backend>(
         dirs.push((Camera::from_velocity(v) == want.camera) as u8 as f64);
         speed.push((v - want.camera.velocity()).abs());
     }
-    let per: [f64; 4] = std::array::from_fn(|k| mean(&adh.iter().map(|a| a[k]).collect::<Vec<_>>()));
+    // The camera is read off the pixels (phase correlation): the evaluator's camera head is at
+    // chance on held-out clips (docs/MODEL_CARD.md).
+    let per: [f64; 4] =
+        std::array::from_fn(|k| if k == 3 { mean(&dirs) } else { mean(&adh.iter().map(|a| a[k]).collect::<Vec<_>>()) });
     let metrics = ClipMetrics {
         adherence: named(per),
         adherence_mean: mean(&per),
@@ -408,13 +412,13 @@ pub fn evaluate_generation<B: Backend>(
         .into_iter()
         .enumerate()
         .map(|(i, from)| {
-            let k = i % 4;
+            // Time, weather or scenery: the attributes the evaluator reads frame by frame.
+            let k = i % 3;
             let mut to = from.attributes;
             match k {
                 0 => to.time = TimeOfDay::from_index((to.time.index() + 2) % TimeOfDay::COUNT),
                 1 => to.weather = Weather::from_index((to.weather.index() + 1) % Weather::COUNT),
-                2 => to.scenery = Scenery::from_index((to.scenery.index() + 3) % Scenery::COUNT),
-                _ => to.camera = Camera::from_index((to.camera.index() + 1) % Camera::COUNT),
+                _ => to.scenery = Scenery::from_index((to.scenery.index() + 3) % Scenery::COUNT),
             }
             let prompt = Phrasing::sample(Split::HeldOut, from.seed).caption(&to);
             (from.clone(), Case { prompt, attributes: to, seed: from.seed }, k)
