@@ -50,6 +50,24 @@ macro_rules! on_device {
     };
 }
 
+/// What every training run takes besides its model and data: the seed, resuming, and how often
+/// it checkpoints and logs (`--resume` continues from the checkpoint in `--out`).
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Seed of the data stream and the initialisation.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: usize,
+    /// A progress line every this many steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+}
+
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// Denoiser preset: tiny, small or base.
@@ -103,21 +121,11 @@ pub struct TrainArgs {
     /// Chance that a batch trains with self-conditioning.
     #[arg(long, default_value_t = 0.5)]
     self_condition: f64,
-    /// Seed of the data stream and the initialisation.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    run: RunArgs,
     /// Output folder: becomes a pipeline folder (`sample --model` it).
     #[arg(long, default_value = "runs/denoiser-tiny")]
     out: PathBuf,
-    /// Continue from --out/denoiser.safetensors.
-    #[arg(long)]
-    resume: bool,
-    /// Checkpoint every this many steps (and at the end).
-    #[arg(long, default_value_t = 500)]
-    checkpoint_every: usize,
-    /// A progress line every this many steps.
-    #[arg(long, default_value_t = 10)]
-    log_every: usize,
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceKind,
@@ -145,10 +153,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         frame_prediction: args.frame_prediction,
         text_dropout: args.text_dropout,
         self_condition: args.self_condition,
-        seed: args.seed,
-        resume: args.resume,
-        checkpoint_every: args.checkpoint_every,
-        log_every: args.log_every,
+        seed: args.run.seed,
+        resume: args.run.resume,
+        checkpoint_every: args.run.checkpoint_every,
+        log_every: args.run.log_every,
         ..TrainDenoiserOptions::new(config, &args.vae, args.text.clone().unwrap_or_else(default_dir), &args.out)
     }
     .with_optim(|o| Optimisation {

@@ -127,21 +127,11 @@ enum Command {
         /// Decay of the EMA of the weights; 0 turns the EMA off.
         #[arg(long, default_value_t = 0.999)]
         ema: f64,
-        /// Seed of the data stream and the initialisation.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
         /// Output folder.
         #[arg(long, default_value = "runs/vae-tiny")]
         out: PathBuf,
-        /// Continue from --out/vae.safetensors.
-        #[arg(long)]
-        resume: bool,
-        /// Checkpoint every this many steps (and at the end).
-        #[arg(long, default_value_t = 500)]
-        checkpoint_every: usize,
-        /// A progress line every this many steps.
-        #[arg(long, default_value_t = 10)]
-        log_every: usize,
+        #[command(flatten)]
+        run: generate::RunArgs,
     },
 }
 
@@ -221,11 +211,8 @@ fn run(cli: Cli) -> Result<()> {
             videos,
             video_fraction,
             ema,
-            seed,
             out,
-            resume,
-            checkpoint_every,
-            log_every,
+            run,
         } => {
             use endless_model::train::{LrSchedule, Optimisation, TrainVaeOptions};
             let config = match preset.as_str() {
@@ -244,10 +231,10 @@ fn run(cli: Cli) -> Result<()> {
                     image_fraction,
                     videos,
                     video_fraction,
-                    seed,
-                    resume,
-                    checkpoint_every,
-                    log_every,
+                    seed: run.seed,
+                    resume: run.resume,
+                    checkpoint_every: run.checkpoint_every,
+                    log_every: run.log_every,
                     ..TrainVaeOptions::new(config, out)
                 }
                 .with_optim(|o| Optimisation {
