@@ -375,7 +375,9 @@ pub fn evaluate_generation<B: Backend>(
         let per_minute = (60.0 * fps).round() as usize;
         let minutes = (o.drift_minutes.ceil() as usize).max(1);
         let reference = real_clip(case.attributes, noise_hash(case.seed, 9, 3), w, h, fps, per_minute).render(true);
-        let (_, reference) = clip_metrics(evaluator, &[(reference, Vec::new(), case.attributes)], size, device);
+        // Only its features are needed (not the camera's pan over a whole minute).
+        let reference: Vec<Vec<f32>> =
+            read_frames(evaluator, &reference, w, h, 480, device).into_iter().map(|r| r.features).collect();
         let mut streams = Streams::new(pipeline, o.settings, o.context_frames, vec![(case.seed, embed(&case.prompt))]);
         let mut pending: Vec<Vec<u8>> = Vec::new();
         let mut start = 0;
