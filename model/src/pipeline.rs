@@ -163,6 +163,21 @@ impl<B: Backend> Pipeline<B> {
         Ok(Pipeline { spec, vae, vae_config, denoiser, denoiser_config })
     }
 
+    /// Writes this pipeline to `dir` as the service ships it: the spec, the VAE and the
+    /// denoiser (whichever weights were loaded, e.g. the EMA) in `precision`, with the metadata
+    /// (steps, samples seen) of the checkpoints in `from`; no EMA twin, no optimiser state.
+    pub fn export(&self, from: &Path, dir: &Path, precision: checkpoint::Precision) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ema_path = from.join(DENOISER_EMA_FILE);
+        let denoiser_from =
+            if checkpoint::config_path(&ema_path).exists() { ema_path } else { from.join(DENOISER_FILE) };
+        let vae_meta = checkpoint::read_info(&from.join(VAE_FILE))?.meta;
+        let denoiser_meta = checkpoint::read_info(&denoiser_from)?.meta;
+        checkpoint::save(&self.vae, &self.vae_config, &vae_meta, &dir.join(VAE_FILE), precision)?;
+        checkpoint::save(&self.denoiser, &self.denoiser_config, &denoiser_meta, &dir.join(DENOISER_FILE), precision)?;
+        self.spec.save(dir)
+    }
+
     /// `[c, h, w]` of one latent frame.
     pub fn latent_frame(&self) -> [usize; 3] {
         let s = self.vae_config.spatial_factor();

@@ -8,6 +8,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
+use endless_model::checkpoint;
 use endless_model::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings};
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::{
@@ -145,8 +146,25 @@ fn chunks_are_deterministic_batch_independent_and_decode_into_frames() {
     assert_eq!(head.dims(), [1, 3, 1 + 4 * (window - 1), 32, 32]);
     let tail = pipeline.decode_stream(next_alone.clone().unsqueeze_dim(0), &mut state);
     assert_eq!(tail.dims(), [1, 3, 4 * (window - 2), 32, 32]);
-    let whole = pipeline.decode(Tensor::cat(vec![alone, next_alone], 1).unsqueeze_dim::<5>(0));
+    let whole = pipeline.decode(Tensor::cat(vec![alone.clone(), next_alone], 1).unsqueeze_dim::<5>(0));
     let seam = (Tensor::cat(vec![head, tail], 2) - whole).abs().max().into_scalar();
     assert!(seam < 1e-5, "chunked decoding differs from one decode by {seam}");
+
+    // Exported as the service ships it: f16, the EMA as the only denoiser, the same chunks
+    // up to f16 rounding of the weights.
+    let shipped = root.join("shipped");
+    pipeline.export(&out, &shipped, checkpoint::Precision::F16).unwrap();
+    let mut files: Vec<String> =
+        std::fs::read_dir(&shipped).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["denoiser.json", "denoiser.safetensors", "pipeline.json", "vae.json", "vae.safetensors"]);
+    let info = checkpoint::read_info(&shipped.join("denoiser.safetensors")).unwrap();
+    assert_eq!(info.precision, checkpoint::Precision::F16);
+    assert_eq!(info.meta["step"], 4, "the training metadata travels");
+    let reloaded = Pipeline::<Flex>::load(&shipped, true, &device).unwrap();
+    assert_eq!(reloaded.spec, pipeline.spec);
+    let again = reloaded.generate(&[first(1)], &settings).remove(0);
+    let d = max_diff(&again, &alone);
+    assert!(d > 0.0 && d < 0.05, "the f16 pipeline's chunk differs by {d}");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -40,6 +40,19 @@ fn options(out: PathBuf) -> TrainVaeOptions {
 }
 
 #[test]
+fn a_time_limit_stops_early_with_a_checkpoint() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = dir("limit");
+    let o = TrainVaeOptions { steps: 1000, time_limit: Some(std::time::Duration::ZERO), ..options(out.clone()) };
+    let summary = train_vae::<B>(&o, &Default::default()).unwrap();
+    assert_eq!((summary.start_step, summary.end_step), (0, 1), "one step, then the limit");
+    assert_eq!(checkpoint::read_info(&out.join("vae.safetensors")).unwrap().meta["step"], 1);
+    let resumed = train_vae::<B>(&TrainVaeOptions { steps: 3, resume: true, ..o }, &Default::default()).unwrap();
+    assert_eq!((resumed.start_step, resumed.end_step), (1, 2), "a resumed leg continues, one step again");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
 fn train_a_few_steps_lower_the_loss() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = dir("lower");

@@ -203,6 +203,13 @@ impl DenoiserConfig {
             .with_spatiotemporal_window(Some(8))
     }
 
+    /// The shipped GPU tier at 256² (32 × 32 latents): [`DenoiserConfig::small`]'s windows at
+    /// 256 wide, 4 heads and 8 blocks (14 M parameters), so that both tiers' weights fit the
+    /// 48 MB the repository ships in f16.
+    pub fn medium() -> DenoiserConfig {
+        DenoiserConfig::small().with_hidden_size(256).with_num_heads(4).with_depth(8)
+    }
+
     /// A GPU model, DiT-B-sized: 12 blocks, 768 wide, 12 heads, with AdaLN-LoRA of rank 2
     /// (W.A.L.T's); windows as [`DenoiserConfig::small`].
     pub fn base() -> DenoiserConfig {

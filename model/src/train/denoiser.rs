@@ -46,7 +46,7 @@ use burn::tensor::{Bool, Tensor, TensorData};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Everything a denoiser training run needs.
 #[derive(Clone, Debug)]
@@ -92,6 +92,9 @@ pub struct TrainDenoiserOptions {
     pub checkpoint_every: usize,
     /// A progress line on stderr every this many steps; 0: none.
     pub log_every: usize,
+    /// Stop (with a checkpoint) after the first step that ends past this much wall-clock time,
+    /// for training in legs of fixed length; `None`: run to `steps`.
+    pub time_limit: Option<Duration>,
 }
 
 impl TrainDenoiserOptions {
@@ -135,6 +138,7 @@ impl TrainDenoiserOptions {
             resume: false,
             checkpoint_every: 500,
             log_every: 10,
+            time_limit: None,
         }
     }
 
@@ -401,8 +405,12 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             );
             (window_started, window_samples) = (Instant::now(), 0);
         }
-        if (o.checkpoint_every > 0 && step.is_multiple_of(o.checkpoint_every)) || step == o.steps {
+        let last = step == o.steps || o.time_limit.is_some_and(|limit| run_started.elapsed() >= limit);
+        if (o.checkpoint_every > 0 && step.is_multiple_of(o.checkpoint_every)) || last {
             run.save(o)?;
+        }
+        if last {
+            break;
         }
     }
     feeder.finish()?;
@@ -495,6 +503,7 @@ pub fn micro_options(vae: &Path, text: &Path, out: &Path) -> TrainDenoiserOption
         batch: 2,
         log_every: 0,
         checkpoint_every: 0,
+        time_limit: None,
         stats_batches: 1,
         ..TrainDenoiserOptions::new(config, vae, text, out)
     }

@@ -28,7 +28,7 @@ use burn::prelude::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use rayon::prelude::*;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Everything a VAE training run needs.
 #[derive(Clone, Debug)]
@@ -63,6 +63,9 @@ pub struct TrainVaeOptions {
     pub checkpoint_every: usize,
     /// A progress line on stderr every this many steps; 0: none.
     pub log_every: usize,
+    /// Stop (with a checkpoint) after the first step that ends past this much wall-clock time,
+    /// for training in legs of fixed length; `None`: run to `steps`.
+    pub time_limit: Option<Duration>,
 }
 
 impl TrainVaeOptions {
@@ -94,6 +97,7 @@ impl TrainVaeOptions {
             resume: false,
             checkpoint_every: 500,
             log_every: 10,
+            time_limit: None,
         }
     }
 
@@ -312,8 +316,12 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
             );
             (window_started, window_samples) = (Instant::now(), 0);
         }
-        if (o.checkpoint_every > 0 && step.is_multiple_of(o.checkpoint_every)) || step == o.steps {
+        let last = step == o.steps || o.time_limit.is_some_and(|limit| run_started.elapsed() >= limit);
+        if (o.checkpoint_every > 0 && step.is_multiple_of(o.checkpoint_every)) || last {
             run.save(o)?;
+        }
+        if last {
+            break;
         }
     }
     feeder.finish()?;

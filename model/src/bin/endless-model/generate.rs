@@ -66,11 +66,21 @@ pub struct RunArgs {
     /// A progress line every this many steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
+    /// Stop, with a checkpoint, after the first step that ends past this many seconds (training
+    /// in legs: `--resume` continues).
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+}
+
+impl RunArgs {
+    pub fn time_limit(&self) -> Option<std::time::Duration> {
+        self.time_limit.map(std::time::Duration::from_secs_f64)
+    }
 }
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Denoiser preset: tiny, small or base.
+    /// Denoiser preset: tiny, medium, small or base.
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// The trained VAE checkpoint.
@@ -134,12 +144,36 @@ pub struct TrainArgs {
     precision: String,
 }
 
+/// Trains the VAE on the device `kind` resolves to.
+pub fn train_vae(kind: DeviceKind, options: &endless_model::train::TrainVaeOptions) -> Result<()> {
+    on_device!(kind, train_vae_on, autodiff, options)
+}
+
+fn train_vae_on<B: AutodiffBackend>(device: &B::Device, options: &endless_model::train::TrainVaeOptions) -> Result<()> {
+    let summary = endless_model::train::train_vae::<B>(options, device)?;
+    if let (Some(first), Some(last)) = (summary.rows.first(), summary.rows.last()) {
+        println!(
+            "steps {}..{}: loss {:.5} → {:.5} (recon {:.5} → {:.5}), {:.2} samples/s; wrote {}",
+            summary.start_step,
+            summary.end_step,
+            first.loss,
+            last.loss,
+            first.recon,
+            last.recon,
+            summary.samples_per_second,
+            options.out.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn train(args: TrainArgs) -> Result<()> {
     let config = match args.preset.as_str() {
         "tiny" => DenoiserConfig::tiny(),
+        "medium" => DenoiserConfig::medium(),
         "small" => DenoiserConfig::small(),
         "base" => DenoiserConfig::base(),
-        other => bail!("unknown --preset {other:?}: tiny, small or base"),
+        other => bail!("unknown --preset {other:?}: tiny, medium, small or base"),
     };
     let options = TrainDenoiserOptions {
         width: args.size.width,
@@ -157,6 +191,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         resume: args.run.resume,
         checkpoint_every: args.run.checkpoint_every,
         log_every: args.run.log_every,
+        time_limit: args.run.time_limit(),
         ..TrainDenoiserOptions::new(config, &args.vae, args.text.clone().unwrap_or_else(default_dir), &args.out)
     }
     .with_optim(|o| Optimisation {

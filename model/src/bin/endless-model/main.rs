@@ -76,6 +76,16 @@ enum Command {
     /// Trains the denoiser on latents of a trained VAE (`--vae`); --out becomes a pipeline
     /// folder for `sample` and the service.
     Train(Box<generate::TrainArgs>),
+    /// Writes a trained pipeline folder as the service ships it: the denoiser's EMA weights (or
+    /// its weights without an EMA) and the VAE in f16, and pipeline.json.
+    Export {
+        /// The training output (a pipeline folder).
+        #[arg(long)]
+        model: PathBuf,
+        /// The folder to write (e.g. models/cpu).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Generates a video from a prompt with a pipeline folder, chunk by chunk as a stream.
     Sample(Box<generate::SampleArgs>),
     /// Reconstruction PSNR of a VAE checkpoint on held-out clips; JSON and a contact sheet.
@@ -87,8 +97,8 @@ enum Command {
     /// chunk-boundary jump, camera motion, drift per minute, prompt-switch response; one
     /// report per extension mode (the ablation). JSON and PNG plots in --out.
     Eval(Box<eval::EvalArgs>),
-    /// Trains the video VAE on the procedural world (CPU, burn Flex): checkpoints, loss.csv and
-    /// loss.png in --out.
+    /// Trains the video VAE on the procedural world, on the device chosen with --device:
+    /// checkpoints, loss.csv and loss.png in --out.
     TrainVae {
         /// Model preset: cpu, tiny or small.
         #[arg(long, default_value = "tiny")]
@@ -132,6 +142,9 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         run: generate::RunArgs,
+        /// auto, cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        device: endless_model::device::DeviceKind,
     },
 }
 
@@ -195,6 +208,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::TextBench { dir, rounds } => text_bench(dir, rounds),
         Command::Train(args) => generate::train(*args),
         Command::Sample(args) => generate::sample(*args),
+        Command::Export { model, out } => export(&model, &out),
         Command::EvalVae(args) => eval::eval_vae(args),
         Command::TrainEvaluator(args) => eval::train_evaluator(args),
         Command::Eval(args) => eval::eval(*args),
@@ -213,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
             ema,
             out,
             run,
+            device,
         } => {
             use endless_model::train::{LrSchedule, Optimisation, TrainVaeOptions};
             let config = match preset.as_str() {
@@ -221,30 +236,30 @@ fn run(cli: Cli) -> Result<()> {
                 "small" => endless_model::vae::VaeConfig::small(),
                 other => bail!("unknown --preset {other:?}: cpu, tiny or small"),
             };
-            train_vae(
-                TrainVaeOptions {
-                    width: size.width,
-                    height: size.height,
-                    frames,
-                    batch,
-                    steps,
-                    image_fraction,
-                    videos,
-                    video_fraction,
-                    seed: run.seed,
-                    resume: run.resume,
-                    checkpoint_every: run.checkpoint_every,
-                    log_every: run.log_every,
-                    ..TrainVaeOptions::new(config, out)
-                }
-                .with_optim(|o| Optimisation {
-                    lr,
-                    warmup,
-                    schedule: if cosine { LrSchedule::Cosine } else { LrSchedule::Constant },
-                    ema_decay: (ema > 0.0).then_some(ema),
-                    ..o
-                }),
-            )
+            let options = TrainVaeOptions {
+                width: size.width,
+                height: size.height,
+                frames,
+                batch,
+                steps,
+                image_fraction,
+                videos,
+                video_fraction,
+                seed: run.seed,
+                resume: run.resume,
+                checkpoint_every: run.checkpoint_every,
+                log_every: run.log_every,
+                time_limit: run.time_limit(),
+                ..TrainVaeOptions::new(config, out)
+            }
+            .with_optim(|o| Optimisation {
+                lr,
+                warmup,
+                schedule: if cosine { LrSchedule::Cosine } else { LrSchedule::Constant },
+                ema_decay: (ema > 0.0).then_some(ema),
+                ..o
+            });
+            generate::train_vae(device, &options)
         }
     }
 }
@@ -444,7 +459,12 @@ fn presets(sizes: &[Size], frames: usize) -> Result<()> {
     use endless_model::vae::VaeConfig;
     let device = Default::default();
     let vaes = [("cpu", VaeConfig::cpu()), ("tiny", VaeConfig::tiny()), ("small", VaeConfig::small())];
-    let dits = [("tiny", DenoiserConfig::tiny()), ("small", DenoiserConfig::small()), ("base", DenoiserConfig::base())];
+    let dits = [
+        ("tiny", DenoiserConfig::tiny()),
+        ("medium", DenoiserConfig::medium()),
+        ("small", DenoiserConfig::small()),
+        ("base", DenoiserConfig::base()),
+    ];
     if frames == 0 || !(frames - 1).is_multiple_of(4) {
         bail!("--frames must be 1 + 4k");
     }
@@ -487,21 +507,12 @@ fn presets(sizes: &[Size], frames: usize) -> Result<()> {
     Ok(())
 }
 
-fn train_vae(options: endless_model::train::TrainVaeOptions) -> Result<()> {
-    type B = burn::backend::Autodiff<burn::backend::Flex>;
-    let summary = endless_model::train::train_vae::<B>(&options, &Default::default())?;
-    if let (Some(first), Some(last)) = (summary.rows.first(), summary.rows.last()) {
-        println!(
-            "steps {}..{}: loss {:.5} → {:.5} (recon {:.5} → {:.5}), {:.2} samples/s; wrote {}",
-            summary.start_step,
-            summary.end_step,
-            first.loss,
-            last.loss,
-            first.recon,
-            last.recon,
-            summary.samples_per_second,
-            options.out.display()
-        );
-    }
+fn export(model: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let pipeline = endless_model::pipeline::Pipeline::<B>::load(model, true, &device)?;
+    pipeline.export(model, out, endless_model::checkpoint::Precision::F16)?;
+    let bytes: u64 = std::fs::read_dir(out)?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+    println!("wrote {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
     Ok(())
 }
