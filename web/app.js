@@ -351,7 +351,9 @@ function onStats(m) {
   Object.assign(stats, {
     generatedFps: m.generated_fps, bufferedFrames: m.buffered_frames, viewers: m.viewers, stalls: m.stalls, serverShownFrames: m.shown_frames,
     // The model's denoising steps per chunk (fewer than full when the device is overloaded).
-    steps: m.source && m.source.steps ? `${m.source.steps}/${m.source.full_steps} steps` : '',
+    steps: m.source && m.source.steps
+      ? `${m.source.steps}/${m.source.full_steps} steps` + (m.source.anchors ? `, ${m.source.anchors} anchor${m.source.anchors > 1 ? 's' : ''}` : '')
+      : '',
   });
   setPaused(!!m.paused);
   setRecording(!!m.recording);

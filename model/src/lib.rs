@@ -11,6 +11,7 @@ pub mod dit;
 pub mod eval;
 pub mod media;
 pub mod pipeline;
+pub mod rolling;
 pub mod text;
 pub mod train;
 pub mod vae;

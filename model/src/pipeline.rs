@@ -8,7 +8,9 @@
 //! **Chunks.** A stream is a sequence of latent frames: the first stands for one video frame,
 //! every later one for `f = 4`. A chunk denoises a window of `window` latent frames whose first
 //! `k` are given clean (the last `k` latents of the stream so far) and appends the other
-//! `window − k`. Modes ([`ExtendMode`]): *replacement* (VDM's baseline: the given frames enter
+//! `window − k`. A request may also give long-range anchors ([`crate::rolling`]): clean latents
+//! from much earlier, placed before the `k` with their distance ([`FramePosition::Anchor`]),
+//! so that `window − a − k` are appended. Modes ([`ExtendMode`]): *replacement* (VDM's baseline: the given frames enter
 //! only as `q(z_t | x)` samples in the noisy input), *conditioned* (also clean in the context
 //! channels with their mask, W.A.L.T's frame prediction), and conditioned plus reconstruction
 //! guidance (needs autodiff; [`crate::guidance`]). Every request in a batch draws its noise
@@ -21,7 +23,8 @@
 
 use crate::checkpoint;
 use crate::diffusion::{Ddim, Guidance, Schedule, gaussian};
-use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContext, TextCondition};
+use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContext, FramePosition, TextCondition};
+use crate::rolling::Anchors;
 use crate::text::{TextBatch, TextEmbedding};
 use crate::vae::{StreamState, Vae, VaeConfig};
 use anyhow::{Context, Result, bail};
@@ -50,6 +53,10 @@ pub struct PipelineSpec {
     pub latent_mean: f64,
     pub latent_std: f64,
     pub schedule: Schedule,
+    /// Whether the denoiser was trained with long-range anchors ([`crate::rolling`]); a stream
+    /// gives it none otherwise.
+    #[serde(default)]
+    pub anchors: bool,
 }
 
 impl PipelineSpec {
@@ -114,6 +121,8 @@ pub struct ChunkRequest<B: Backend> {
     /// `[c, k, h, w]`: the last `k < window` normalised latents of the stream; `None` for the
     /// first chunk.
     pub context: Option<Tensor<B, 4>>,
+    /// Long-range anchors, placed before the context; `None`: none.
+    pub anchors: Option<Anchors<B>>,
     /// The prompt, as the text encoder gives it (possibly a blend).
     pub text: Arc<TextEmbedding>,
 }
@@ -228,6 +237,7 @@ impl<B: Backend> Pipeline<B> {
         t: f64,
         self_cond: Option<Tensor<B, 5>>,
         context: &Option<FrameContext<B>>,
+        positions: &Option<Vec<Vec<FramePosition>>>,
         text: &TextCondition<B>,
         device: &B::Device,
     ) -> Tensor<B, 5> {
@@ -259,6 +269,7 @@ impl<B: Backend> Pipeline<B> {
             self_cond: self_cond.map(|s| repeat(&s)),
             context: context_all,
             condition: Condition::Text(text_all),
+            positions: positions.as_ref().map(|p| (0..n).flat_map(|_| p.iter().cloned()).collect()),
         };
         let v = self.denoiser.forward(input);
         let mut parts = v.chunk(n, 0).into_iter();
@@ -283,10 +294,10 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// Generates one chunk for every request, batched: returns each request's new normalised
-    /// latents `[c, window − k, h, w]`.
+    /// latents `[c, window − a − k, h, w]` (`a` anchors, `k` context frames).
     ///
     /// # Panics
-    /// If a context has `window` frames or more, or the wrong shape.
+    /// If anchors and context fill the window, or a tensor has the wrong shape.
     pub fn generate(&self, requests: &[ChunkRequest<B>], settings: &SamplerSettings) -> Vec<Tensor<B, 4>> {
         let device = self.denoiser.patch_embedding.weight.device();
         let [c, h, w] = self.latent_frame();
@@ -295,20 +306,36 @@ impl<B: Backend> Pipeline<B> {
         if b == 0 {
             return Vec::new();
         }
-        let given: Vec<usize> = requests.iter().map(|r| r.context.as_ref().map_or(0, |x| x.dims()[1])).collect();
-        assert!(given.iter().all(|&k| k < t), "a context of {given:?} frames leaves no room in a window of {t}");
-        // Clean context, zero-padded to the window, and its mask.
+        let anchors: Vec<usize> = requests.iter().map(|r| r.anchors.as_ref().map_or(0, |a| a.len())).collect();
+        let given: Vec<usize> =
+            requests.iter().zip(&anchors).map(|(r, &a)| a + r.context.as_ref().map_or(0, |x| x.dims()[1])).collect();
+        assert!(
+            given.iter().all(|&k| k < t),
+            "anchors and context of {given:?} frames leave no room in a window of {t}"
+        );
+        // Clean anchors and context, zero-padded to the window, and their mask.
         let clean = Tensor::stack::<5>(
             requests
                 .iter()
                 .zip(&given)
-                .map(|(r, &k)| match &r.context {
-                    Some(x) if k > 0 => Tensor::cat(vec![x.clone(), Tensor::zeros([c, t - k, h, w], &device)], 1),
-                    _ => Tensor::zeros([c, t, h, w], &device),
+                .map(|(r, &k)| {
+                    let parts: Vec<Tensor<B, 4>> =
+                        r.anchors.iter().map(|a| a.latents.clone()).chain(r.context.iter().cloned()).collect();
+                    match parts.is_empty() {
+                        true => Tensor::zeros([c, t, h, w], &device),
+                        false => Tensor::cat([parts, vec![Tensor::zeros([c, t - k, h, w], &device)]].concat(), 1),
+                    }
                 })
                 .collect(),
             0,
         );
+        let positions = anchors.iter().any(|&a| a > 0).then(|| {
+            requests
+                .iter()
+                .zip(&anchors)
+                .map(|(r, &a)| FramePosition::window(r.anchors.as_ref().map_or(&[][..], |x| &x.distances), t - a))
+                .collect::<Vec<_>>()
+        });
         let mask_values: Vec<bool> = given.iter().flat_map(|&k| (0..t).map(move |i| i < k)).collect();
         let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask_values, [b, t]), &device);
         let mask5 = mask.clone().reshape([b, 1, t, 1, 1]).expand([b, c, t, h, w]);
@@ -340,7 +367,8 @@ impl<B: Backend> Pipeline<B> {
             |z, time, self_cond| {
                 let z = replace(z, time, index);
                 index += 1;
-                let v = self.guided_v(settings, z.clone(), time, self_cond.clone(), &context, &text, &device);
+                let v =
+                    self.guided_v(settings, z.clone(), time, self_cond.clone(), &context, &positions, &text, &device);
                 match (settings.mode, &guide) {
                     (ExtendMode::Guided { weight }, Some(guide)) if any_context => {
                         let co = self.spec.schedule.at(time);
@@ -352,6 +380,7 @@ impl<B: Backend> Pipeline<B> {
                             co,
                             self_cond,
                             &context,
+                            &positions,
                             &text,
                             &clean,
                             &mask5,
@@ -386,6 +415,7 @@ fn reconstruction_gradient<B: Backend>(
     co: crate::diffusion::Coefficients,
     self_cond: Option<Tensor<B, 5>>,
     context: &Option<FrameContext<B>>,
+    positions: &Option<Vec<Vec<FramePosition>>>,
     text: &TextCondition<B>,
     clean: &Tensor<B, 5>,
     given: &Tensor<B, 5, Bool>,
@@ -406,6 +436,7 @@ fn reconstruction_gradient<B: Backend>(
             padding_mask: Tensor::from_inner(text.padding_mask.clone()),
             pooled: Tensor::from_inner(text.pooled.clone()),
         }),
+        positions: positions.clone(),
     };
     let v = guide.forward(input);
     let x_hat = z_ad.clone().mul_scalar(co.alpha) - v.mul_scalar(co.sigma);

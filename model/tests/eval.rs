@@ -6,6 +6,7 @@ use burn::backend::Flex;
 use endless_model::diffusion::Guidance;
 use endless_model::eval::{EvaluatorConfig, GenerationEvalOptions, Streams, evaluate_generation, held_out_cases};
 use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings};
+use endless_model::rolling::ContextLayout;
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::micro_pipeline;
 use std::path::PathBuf;
@@ -33,14 +34,26 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
     let conditioned = settings(ExtendMode::Conditioned);
 
     // Window 3, context 1: the first chunk is 1 + 4·2 = 9 frames, then 4·2 = 8 per chunk.
-    let mut together = Streams::new(&pipeline, conditioned, 1, starts.clone());
+    let mut together = Streams::new(&pipeline, conditioned, ContextLayout::recent(1), starts.clone());
     let both = together.run(30);
     assert_eq!(together.position(0), (33, &[9, 17, 25][..]));
-    for (i, start) in starts.into_iter().enumerate() {
-        let alone = Streams::new(&pipeline, conditioned, 1, vec![start]).run(30).remove(0);
+    for (i, start) in starts.iter().cloned().enumerate() {
+        let alone = Streams::new(&pipeline, conditioned, ContextLayout::recent(1), vec![start]).run(30).remove(0);
         let worst = alone.iter().flatten().zip(both[i].iter().flatten()).map(|(a, b)| a.abs_diff(*b)).max();
         assert!(worst <= Some(1), "stream {i}: batched and alone differ by {worst:?}");
     }
+
+    // With anchors (the micro pipeline trains with them): two latents of context, one an
+    // anchor once the stream has one, so still 4·1 = 4 frames per chunk after the first; the
+    // anchors are per stream, so batching still changes nothing.
+    assert!(pipeline.spec.anchors);
+    let anchored = ContextLayout { frames: 2, anchors: 1, anchor_every: 2 };
+    let mut together = Streams::new(&pipeline, conditioned, anchored, starts.clone());
+    let both = together.run(30);
+    assert_eq!(together.position(0), (33, &[9, 13, 17, 21, 25, 29][..]));
+    let alone = Streams::new(&pipeline, conditioned, anchored, vec![starts[1].clone()]).run(30).remove(0);
+    let worst = alone.iter().flatten().zip(both[1].iter().flatten()).map(|(a, b)| a.abs_diff(*b)).max();
+    assert!(worst <= Some(1), "anchored: batched and alone differ by {worst:?}");
 
     let evaluator = EvaluatorConfig::new().with_input_size(32).init::<Flex>(&device);
     for mode in [ExtendMode::Replacement, ExtendMode::Guided { weight: 1.0 }] {
@@ -48,7 +61,7 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
             cases: 2,
             clip_seconds: 2.0,
             settings: settings(mode),
-            context_frames: 1,
+            layout: ContextLayout::recent(1),
             drift_minutes: 0.25,
             switch_cases: 2,
             switch_at: 1.0,

@@ -10,6 +10,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
 use endless_model::checkpoint;
 use endless_model::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings};
+use endless_model::rolling::Anchors;
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::{
     Optimisation, TrainDenoiserOptions, micro_options, micro_vae, read_loss_csv, train_denoiser,
@@ -108,7 +109,13 @@ fn chunks_are_deterministic_batch_independent_and_decode_into_frames() {
     assert_eq!([h, w], [4, 4]);
     let window = pipeline.spec.window;
     let settings = SamplerSettings { steps: 4, ..SamplerSettings::default() };
-    let first = |seed| ChunkRequest { seed, chunk: 0, context: None, text: text.embed("a foggy morning at sea") };
+    let first = |seed| ChunkRequest {
+        seed,
+        chunk: 0,
+        context: None,
+        anchors: None,
+        text: text.embed("a foggy morning at sea"),
+    };
 
     // The first chunk of a stream fills the window.
     let alone = pipeline.generate(&[first(1)], &settings).remove(0);
@@ -119,13 +126,33 @@ fn chunks_are_deterministic_batch_independent_and_decode_into_frames() {
     // A continuation: two context frames, one new frame; batched with a first chunk of
     // another stream, each equals what it gives alone.
     let context = alone.clone().narrow(1, window - 2, 2);
-    let next = ChunkRequest { seed: 1, chunk: 1, context: Some(context), text: text.embed("a city at night") };
+    let next =
+        ChunkRequest { seed: 1, chunk: 1, context: Some(context), anchors: None, text: text.embed("a city at night") };
     let next_alone = pipeline.generate(std::slice::from_ref(&next), &settings).remove(0);
     assert_eq!(next_alone.dims(), [c, window - 2, h, w]);
     let batched = pipeline.generate(&[first(2), next.clone()], &settings);
     let other_alone = pipeline.generate(&[first(2)], &settings).remove(0);
     let (d1, d2) = (max_diff(&batched[0], &other_alone), max_diff(&batched[1], &next_alone));
     assert!(d1 <= 1e-5 && d2 <= 1e-5, "batched differs from alone by {d1}, {d2}");
+
+    // An anchor (trained for: a quarter of the batches have one) in place of the older context
+    // frame: one new frame still, batched like alone, and the anchor and its distance matter.
+    assert!(pipeline.spec.anchors);
+    let anchored = |distance| ChunkRequest {
+        context: Some(alone.clone().narrow(1, window - 1, 1)),
+        anchors: Some(Anchors { latents: alone.clone().narrow(1, 0, 1), distances: vec![distance] }),
+        ..next.clone()
+    };
+    let near = pipeline.generate(&[anchored(2)], &settings).remove(0);
+    assert_eq!(near.dims(), [c, window - 2, h, w]);
+    let batched = pipeline.generate(&[first(2), anchored(2)], &settings);
+    assert!(max_diff(&batched[1], &near) <= 1e-5, "anchored: batched differs from alone");
+    assert!(max_diff(&near, &next_alone) > 1e-4, "an anchor equals a context frame");
+    let far = pipeline.generate(&[anchored(100)], &settings).remove(0);
+    // Exactly 0 if the distance never reached the model; small after 4 steps (the dit tests
+    // show its size on a perturbed model).
+    let d = max_diff(&near, &far);
+    assert!(d > 0.0, "the anchor's distance does not matter: {d}");
 
     // The modes differ: the context channels matter.
     let replaced =

@@ -8,8 +8,9 @@
 //! ```
 //!
 //! The worker owns everything that lives on the device: the pipeline and, per stream, the rolling
-//! latent context (the last `context_frames` latents: bounded, whatever the stream's length) and
-//! the VAE decoder's causal state. Sessions only hold a key. Each loop the worker takes every
+//! latent context ([`RollingContext`]: `context_frames` latents, `anchors` of them long-range
+//! anchors once the stream has some — bounded, whatever the stream's length) and the VAE
+//! decoder's causal state. A steer starts a new prompt epoch: the old prompt's anchors go. Sessions only hold a key. Each loop the worker takes every
 //! pending job (up to `max_batch`), earliest deadline first — the deadline is when the session's
 //! buffer runs dry — and denoises them as one batch; if the batch would finish after the most
 //! urgent deadline at full steps, it lowers the steps (not below `min_steps`) so that no stream
@@ -31,6 +32,7 @@ use burn::tensor::backend::Backend;
 use endless_model::device::{DeviceKind, Resolved, resolve};
 use endless_model::media::Size;
 use endless_model::pipeline::{ChunkRequest, Pipeline, PipelineSpec, SamplerSettings};
+use endless_model::rolling::{ContextLayout, RollingContext};
 use endless_model::text::{TextEmbedding, TextEncoder};
 use endless_model::vae::StreamState;
 use serde::Serialize;
@@ -52,8 +54,14 @@ pub struct ModelSettings {
     pub sampler: SamplerSettings,
     /// The fewest steps the scheduler lowers an at-risk chunk to.
     pub min_steps: usize,
-    /// Past latent frames each chunk is conditioned on (less than the pipeline's window).
+    /// Latent frames each chunk is conditioned on (less than the pipeline's window), anchors
+    /// included.
     pub context_frames: usize,
+    /// How many of them are long-range anchors once the stream has some (when the pipeline was
+    /// trained with anchors; fewer than `context_frames`).
+    pub anchors: usize,
+    /// Latent frames between anchor candidates.
+    pub anchor_every: usize,
     /// Most chunks denoised in one batch.
     pub max_batch: usize,
     /// Use the EMA weights when the folder has them.
@@ -69,11 +77,14 @@ pub struct SchedulerStats {
     pub chunks: AtomicU64,
     /// Chunks generated with fewer steps than configured (overload).
     pub reduced_chunks: AtomicU64,
+    /// Chunks conditioned on long-range anchors.
+    pub anchored_chunks: AtomicU64,
     /// Microseconds of the last batch, and its size.
     pub last_batch_us: AtomicU64,
     pub last_batch_size: AtomicU64,
-    /// The most latent frames any stream's context has held, and the most bytes any stream's
-    /// device state (context and decoder state) has taken: bounded whatever the stream length.
+    /// The most latent frames any stream's context has held (recent latents and anchor
+    /// candidates), and the most bytes any stream's device state (context, decoder state and
+    /// snapshots) has taken: bounded whatever the stream length.
     pub context_frames_max: AtomicU64,
     pub stream_bytes_max: AtomicU64,
     /// Totals since the start: microseconds in the denoiser (every step of every chunk, with
@@ -89,6 +100,8 @@ pub struct SchedulerStats {
 struct ChunkOut {
     frames: Vec<Vec<u8>>,
     steps: usize,
+    /// Long-range anchors it was conditioned on.
+    anchors: usize,
 }
 
 struct Job {
@@ -96,6 +109,8 @@ struct Job {
     seed: u64,
     chunk: u64,
     text: Arc<TextEmbedding>,
+    /// Steers applied so far: anchors of an earlier epoch are forgotten.
+    prompt_epoch: u64,
     /// When the session's buffer runs dry; `None`: no deadline (full steps).
     due: Option<Instant>,
     reply: mpsc::SyncSender<Result<ChunkOut, String>>,
@@ -118,17 +133,16 @@ enum Command {
 
 /// A stream's state on the device.
 struct Slot<B: Backend> {
-    /// `[c, k, h, w]`: the last `k ≤ context_frames` latents.
-    context: Option<Tensor<B, 4>>,
+    context: RollingContext<B>,
     decoder: StreamState<B>,
     /// `(chunk, context, decoder)` before each of the last [`SNAPSHOTS`] chunks, so that a steer
     /// can regenerate the chunks still buffered.
-    snapshots: VecDeque<(u64, Option<Tensor<B, 4>>, StreamState<B>)>,
+    snapshots: VecDeque<(u64, RollingContext<B>, StreamState<B>)>,
 }
 
-impl<B: Backend> Default for Slot<B> {
-    fn default() -> Self {
-        Slot { context: None, decoder: StreamState::default(), snapshots: VecDeque::new() }
+impl<B: Backend> Slot<B> {
+    fn new(layout: ContextLayout) -> Self {
+        Slot { context: RollingContext::new(layout), decoder: StreamState::default(), snapshots: VecDeque::new() }
     }
 }
 
@@ -187,25 +201,32 @@ impl Scheduler {
                 }
             })
             .map_err(|e| format!("starting the model worker: {e}"))?;
-        let (spec, window, factor) =
+        let (spec, layout, factor) =
             ready_rx.recv().map_err(|_| "the model worker died while loading".to_string())??;
-        let k = settings.context_frames.min(window - 1);
-        if k == 0 {
-            return Err(format!("context_frames must be at least 1 (the window is {window} latent frames)"));
-        }
+        let window = spec.window;
         tracing::info!(
             dir = %settings.dir.display(),
             size = %Size { width: spec.width, height: spec.height },
             fps = spec.fps,
             ?device,
+            context = layout.frames,
+            anchors = layout.anchors,
             "model loaded"
         );
+        if settings.anchors > layout.anchors {
+            tracing::warn!(
+                asked = settings.anchors,
+                used = layout.anchors,
+                trained_with_anchors = spec.anchors,
+                "fewer anchors than configured: the pipeline was not trained with them, or the context is too short"
+            );
+        }
         Ok(Arc::new(Scheduler {
             tx: Mutex::new(tx),
             first_chunk_frames: 1 + factor * (window - 1),
-            chunk_frames: factor * (window - k),
+            chunk_frames: factor * layout.new_frames(window),
             spec,
-            settings: ModelSettings { context_frames: k, ..settings },
+            settings: ModelSettings { context_frames: layout.frames, anchors: layout.anchors, ..settings },
             stats,
             device,
             text: Arc::new(text),
@@ -237,7 +258,7 @@ fn run<B: Backend>(
     settings: ModelSettings,
     stats: Arc<SchedulerStats>,
     rx: mpsc::Receiver<Command>,
-    ready: mpsc::SyncSender<Result<(PipelineSpec, usize, usize), String>>,
+    ready: mpsc::SyncSender<Result<(PipelineSpec, ContextLayout, usize), String>>,
 ) {
     let device = B::Device::default();
     let pipeline = match Pipeline::<B>::load(&settings.dir, settings.ema, &device) {
@@ -247,8 +268,18 @@ fn run<B: Backend>(
             return;
         }
     };
-    let _ = ready.send(Ok((pipeline.spec.clone(), pipeline.spec.window, pipeline.temporal_factor())));
-    let k = settings.context_frames.min(pipeline.spec.window - 1);
+    let window = pipeline.spec.window;
+    let layout = ContextLayout {
+        frames: settings.context_frames,
+        anchors: settings.anchors,
+        anchor_every: settings.anchor_every,
+    }
+    .fit(window, pipeline.spec.anchors);
+    if let Err(why) = layout.validate(window) {
+        let _ = ready.send(Err(why));
+        return;
+    }
+    let _ = ready.send(Ok((pipeline.spec.clone(), layout, pipeline.temporal_factor())));
     let mut slots: HashMap<u64, Slot<B>> = HashMap::new();
     let mut pending: Vec<Job> = Vec::new();
     // Seconds per denoising step per chunk, and of decoding per chunk: running means.
@@ -309,13 +340,15 @@ fn run<B: Backend>(
         let started = Instant::now();
         let requests: Vec<ChunkRequest<B>> = batch
             .iter()
-            .map(|j| ChunkRequest {
-                seed: j.seed,
-                chunk: j.chunk,
-                context: slots.get(&j.key).and_then(|s| s.context.clone()),
-                text: j.text.clone(),
+            .map(|j| {
+                let slot = slots.entry(j.key).or_insert_with(|| Slot::new(layout));
+                slot.context.set_prompt_epoch(j.prompt_epoch);
+                slot.context.request(j.seed, j.chunk, j.text.clone())
             })
             .collect();
+        let anchors: Vec<usize> = requests.iter().map(|r| r.anchors.as_ref().map_or(0, |a| a.len())).collect();
+        let anchored = anchors.iter().filter(|&&a| a > 0).count();
+        stats.anchored_chunks.fetch_add(anchored as u64, Ordering::Relaxed);
         let sampler = SamplerSettings { steps, ..settings.sampler };
         let attempt = |requests: &[ChunkRequest<B>]| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.generate(requests, &sampler))).map_err(
@@ -340,9 +373,9 @@ fn run<B: Backend>(
         stats.denoise_us.fetch_add((denoised * 1e6) as u64, Ordering::Relaxed);
         stats.denoise_mflop.fetch_add(mflop as u64, Ordering::Relaxed);
         let mut done = Vec::new();
-        for (job, result) in batch.into_iter().zip(results) {
+        for ((job, result), anchors) in batch.into_iter().zip(results).zip(anchors) {
             match result {
-                Ok(latents) => done.push((job, latents)),
+                Ok(latents) => done.push((job, latents, anchors)),
                 Err(why) => {
                     tracing::error!(cause = %why, "a chunk failed");
                     slots.remove(&job.key);
@@ -351,30 +384,20 @@ fn run<B: Backend>(
             }
         }
         let decode_started = Instant::now();
-        for (job, new) in done {
-            let slot = slots.entry(job.key).or_default();
+        for (job, new, anchors) in done {
+            let slot = slots.entry(job.key).or_insert_with(|| Slot::new(layout));
             slot.snapshots.push_back((job.chunk, slot.context.clone(), slot.decoder.clone()));
             if slot.snapshots.len() > SNAPSHOTS {
                 slot.snapshots.pop_front();
             }
             let video = pipeline.decode_stream(new.clone().unsqueeze_dim(0), &mut slot.decoder);
             let frames = endless_model::data::video_frames(video).remove(0);
-            let all = match slot.context.take() {
-                Some(context) => Tensor::cat(vec![context, new], 1),
-                None => new,
-            };
-            let n = all.dims()[1];
-            let context = all.narrow(1, n - k.min(n), k.min(n));
-            let snapshot_bytes: usize = slot
-                .snapshots
-                .iter()
-                .map(|(_, c, d)| c.as_ref().map_or(0, |c| c.shape().num_elements() * 4) + d.bytes())
-                .sum();
-            let bytes = context.shape().num_elements() * 4 + slot.decoder.bytes() + snapshot_bytes;
-            stats.context_frames_max.fetch_max(context.dims()[1] as u64, Ordering::Relaxed);
+            slot.context.push(new);
+            let snapshot_bytes: usize = slot.snapshots.iter().map(|(_, c, d)| c.bytes() + d.bytes()).sum();
+            let bytes = slot.context.bytes() + slot.decoder.bytes() + snapshot_bytes;
+            stats.context_frames_max.fetch_max(slot.context.frames() as u64, Ordering::Relaxed);
             stats.stream_bytes_max.fetch_max(bytes as u64, Ordering::Relaxed);
-            slot.context = Some(context);
-            let _ = job.reply.send(Ok(ChunkOut { frames, steps }));
+            let _ = job.reply.send(Ok(ChunkOut { frames, steps, anchors }));
         }
         let decoded = decode_started.elapsed().as_secs_f64();
         stats.decode_us.fetch_add((decoded * 1e6) as u64, Ordering::Relaxed);
@@ -424,6 +447,8 @@ pub struct ModelSource {
     prompt: Arc<TextEmbedding>,
     blend: Option<Blend>,
     steers: Vec<Steer>,
+    /// Steers applied so far (the worker forgets the anchors of earlier epochs).
+    prompt_epoch: u64,
     /// Frames generated and not yet returned, from `next` on.
     ahead: VecDeque<Vec<u8>>,
     /// Frames returned lately, from frame `behind_from` on (for forks and rewinds).
@@ -431,9 +456,21 @@ pub struct ModelSource {
     behind_from: u64,
     due: Option<Instant>,
     last_steps: usize,
-    /// `(chunk, first frame, prompt, blend)` before each of the last [`SNAPSHOTS`] chunks: where
-    /// a steer can roll generation back to.
-    starts: VecDeque<(u64, u64, Arc<TextEmbedding>, Option<Blend>)>,
+    last_anchors: usize,
+    /// Where a steer can roll generation back to: the state before each of the last
+    /// [`SNAPSHOTS`] chunks.
+    starts: VecDeque<ChunkStart>,
+}
+
+/// A [`ModelSource`]'s generation state before a chunk.
+#[derive(Debug, Clone)]
+struct ChunkStart {
+    chunk: u64,
+    /// Its first frame.
+    head: u64,
+    prompt: Arc<TextEmbedding>,
+    blend: Option<Blend>,
+    prompt_epoch: u64,
 }
 
 impl ModelSource {
@@ -450,11 +487,13 @@ impl ModelSource {
             head: 0,
             blend: None,
             steers: Vec::new(),
+            prompt_epoch: 0,
             ahead: VecDeque::new(),
             behind: VecDeque::new(),
             behind_from: 0,
             due: None,
             last_steps: 0,
+            last_anchors: 0,
             starts: VecDeque::new(),
         }
     }
@@ -484,6 +523,7 @@ impl ModelSource {
         if let Some(steer) = due.into_iter().last() {
             let from = self.current_embedding();
             self.prompt = steer.embedding;
+            self.prompt_epoch += 1;
             self.blend =
                 (steer.blend_chunks > 0).then_some(Blend { from, start: self.chunk, chunks: steer.blend_chunks });
         }
@@ -502,7 +542,13 @@ impl ModelSource {
     }
 
     fn generate_chunk(&mut self) -> Result<(), SourceError> {
-        self.starts.push_back((self.chunk, self.head, self.prompt.clone(), self.blend.clone()));
+        self.starts.push_back(ChunkStart {
+            chunk: self.chunk,
+            head: self.head,
+            prompt: self.prompt.clone(),
+            blend: self.blend.clone(),
+            prompt_epoch: self.prompt_epoch,
+        });
         if self.starts.len() > SNAPSHOTS {
             self.starts.pop_front();
         }
@@ -513,6 +559,7 @@ impl ModelSource {
             seed: self.seed,
             chunk: self.chunk,
             text,
+            prompt_epoch: self.prompt_epoch,
             due: self.due,
             reply,
         }))?;
@@ -523,6 +570,7 @@ impl ModelSource {
         self.head += out.frames.len() as u64;
         self.chunk += 1;
         self.last_steps = out.steps;
+        self.last_anchors = out.anchors;
         self.ahead.extend(out.frames);
         if let Some(b) = &self.blend
             && self.chunk > b.start + b.chunks
@@ -588,13 +636,14 @@ impl FrameSource for ModelSource {
         // The first chunk from `at` on that can still be regenerated: frames before it and
         // from `at` must still be in memory (returned frames only back to `behind`).
         let oldest = self.behind_from;
-        let restorable = self.starts.iter().position(|&(_, start, ..)| start >= at && at >= oldest);
+        let restorable = self.starts.iter().position(|s| s.head >= at && at >= oldest);
         let at = match restorable {
             Some(i) => {
-                let (chunk, start, prompt, blend) = self.starts[i].clone();
+                let ChunkStart { chunk, head: start, prompt, blend, prompt_epoch } = self.starts[i].clone();
                 self.starts.truncate(i);
                 self.scheduler.send(Command::Rewind { key: self.key, chunk })?;
                 (self.chunk, self.head, self.prompt, self.blend) = (chunk, start, prompt, blend);
+                self.prompt_epoch = prompt_epoch;
                 // Frames from `start` on are regenerated: forget them.
                 if start >= self.next {
                     self.ahead.truncate((start - self.next) as usize);
@@ -645,11 +694,13 @@ impl FrameSource for ModelSource {
             prompt: self.prompt.clone(),
             blend: self.blend.clone(),
             steers: self.steers.clone(),
+            prompt_epoch: self.prompt_epoch,
             ahead,
             behind: VecDeque::new(),
             behind_from: start,
             due: self.due,
             last_steps: self.last_steps,
+            last_anchors: self.last_anchors,
             starts: self.starts.clone(),
         })
     }
@@ -663,6 +714,8 @@ impl FrameSource for ModelSource {
             "pipeline": self.scheduler.settings.dir,
             "sampler": self.scheduler.settings.sampler,
             "context_frames": self.scheduler.settings.context_frames,
+            "anchors": self.scheduler.settings.anchors,
+            "anchor_every": self.scheduler.settings.anchor_every,
             "ema": self.scheduler.settings.ema,
         })
     }
@@ -671,6 +724,7 @@ impl FrameSource for ModelSource {
         serde_json::json!({
             "steps": self.last_steps,
             "full_steps": self.scheduler.settings.sampler.steps,
+            "anchors": self.last_anchors,
             "chunks": self.chunk,
             "device": format!("{:?}", self.scheduler.device).to_lowercase(),
         })
@@ -709,6 +763,9 @@ pub fn replay_source(
     let dir: PathBuf = serde_json::from_value(field("pipeline")?.clone()).map_err(|e| e.to_string())?;
     let sampler: SamplerSettings = serde_json::from_value(field("sampler")?.clone()).map_err(|e| e.to_string())?;
     let context_frames = field("context_frames")?.as_u64().ok_or("context_frames is not a number")? as usize;
+    // Recordings made before anchors existed have none.
+    let anchors = description.get("anchors").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let anchor_every = description.get("anchor_every").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
     let seed = field("seed")?.as_u64().ok_or("seed is not a number")?;
     let ema = description.get("ema").and_then(|v| v.as_bool()).unwrap_or(true);
     let scheduler = Scheduler::start(ModelSettings {
@@ -718,6 +775,8 @@ pub fn replay_source(
         sampler,
         min_steps: sampler.steps,
         context_frames,
+        anchors,
+        anchor_every,
         max_batch: 1,
         ema,
         history_frames: 0,

@@ -36,6 +36,8 @@ fn scheduler(max_batch: usize) -> Option<Arc<Scheduler>> {
         sampler: SamplerSettings { steps: 3, ..SamplerSettings::default() },
         min_steps: 1,
         context_frames: 2,
+        anchors: 1,
+        anchor_every: 2,
         max_batch,
         ema: true,
         history_frames: 64,
@@ -55,11 +57,18 @@ fn the_context_stays_bounded_over_a_thousand_chunks() {
         let frames = source.next_chunk(per_chunk).unwrap();
         assert_eq!(frames.len(), per_chunk);
         assert!(frames.iter().all(|f| f.len() == 32 * 32 * 3));
-        if i == 10 {
+        // Steady once the anchor candidates are full and every snapshot (the last 8 chunks)
+        // was taken after that.
+        if i == 20 {
             bytes_after_warmup = s.stats.stream_bytes_max.load(Ordering::SeqCst);
         }
     }
-    assert_eq!(s.stats.context_frames_max.load(Ordering::SeqCst), 2);
+    // Two recent latents and at most three anchor candidates (one usable anchor, one latent in
+    // two a candidate, the two still among the recent latents).
+    assert_eq!(s.stats.context_frames_max.load(Ordering::SeqCst), 5);
+    // Every chunk from the fourth on has an anchor: latent 2, 4, … once two newer latents exist.
+    let anchored = s.stats.anchored_chunks.load(Ordering::SeqCst);
+    assert!((990..1000).contains(&anchored), "{anchored} of 1000 chunks had an anchor");
     let bytes = s.stats.stream_bytes_max.load(Ordering::SeqCst);
     assert!(bytes > 0 && bytes == bytes_after_warmup, "device state grew from {bytes_after_warmup} to {bytes} bytes");
     assert_eq!(source.next_frame(), 4000);

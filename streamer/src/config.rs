@@ -183,6 +183,10 @@ pub struct Model {
     pub context_guidance_tenths: Bounded<0, 1000>,
     /// Past latent frames each chunk is conditioned on.
     pub context_frames: Bounded<1, 64>,
+    /// How many of them are long-range anchors once the stream has some.
+    pub anchors: Bounded<0, 63>,
+    /// Latent frames between anchor candidates.
+    pub anchor_every: Bounded<1, 4096>,
     /// Most chunks of different sessions denoised in one batch.
     pub max_batch: Bounded<1, 256>,
     /// Use the EMA weights when the folder has them.
@@ -202,6 +206,8 @@ impl Default for Model {
             text_guidance_tenths: Bounded(30),
             context_guidance_tenths: Bounded(10),
             context_frames: Bounded(2),
+            anchors: Bounded(1),
+            anchor_every: Bounded(8),
             max_batch: Bounded(8),
             ema: true,
         }

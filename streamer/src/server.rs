@@ -190,6 +190,8 @@ pub fn model_settings(config: &Config) -> ModelSettings {
         },
         min_steps: m.min_steps.get() as usize,
         context_frames: m.context_frames.get() as usize,
+        anchors: m.anchors.get() as usize,
+        anchor_every: m.anchor_every.get() as usize,
         max_batch: m.max_batch.get() as usize,
         ema: m.ema,
         // Enough for a fork to continue from the frame shown with the whole buffer ahead.

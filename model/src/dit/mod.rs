@@ -8,6 +8,12 @@
 //! vector `c = timestep embedding + projection of the pooled text`. The output is the
 //! v-prediction for the noisy latents.
 //!
+//! **Long-range anchors** (Flexible Diffusion Models, Harvey et al. 2022): a window may start
+//! with clean latent frames taken from much earlier in the stream. Such a frame's temporal
+//! embedding comes from a second learned table indexed by its distance on a log scale
+//! ([`anchor_bucket`]); the window's contiguous frames keep rows `0, 1, …` of the first
+//! ([`FramePosition`], [`DenoiserInput::positions`]).
+//!
 //! The network sees only `(z_t, t, conditioning)`: [`DenoiserInput`]. Its input channels are
 //! `[z_t, self-conditioning x̂, past-frame context, context mask]`, so
 //! `in_channels = 3·latent_channels + 1`.
@@ -110,6 +116,32 @@ pub struct FrameContext<B: Backend> {
     pub frame_mask: Tensor<B, 2, Bool>,
 }
 
+/// Where a frame of a window sits in its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FramePosition {
+    /// The `i`-th frame of the window's contiguous run (recent context and frames to
+    /// generate): row `i` of the temporal position table.
+    Frame(usize),
+    /// A long-range anchor `distance ≥ 1` latent frames before the contiguous run's first frame:
+    /// row [`anchor_bucket`]`(distance)` of the anchor position table.
+    Anchor { distance: usize },
+}
+
+/// The anchor table's row for an anchor `distance` latent frames before the contiguous run:
+/// `⌊log₂ distance⌋`, the last row standing for everything further (`buckets` rows).
+pub fn anchor_bucket(distance: usize, buckets: usize) -> usize {
+    (distance.max(1).ilog2() as usize).min(buckets.saturating_sub(1))
+}
+
+impl FramePosition {
+    /// The positions of a window of `anchors` (each `distance` frames before the run) followed
+    /// by a contiguous run of `frames`.
+    pub fn window(anchors: &[usize], frames: usize) -> Vec<FramePosition> {
+        let anchors = anchors.iter().map(|&distance| FramePosition::Anchor { distance });
+        anchors.chain((0..frames).map(FramePosition::Frame)).collect()
+    }
+}
+
 /// Everything the denoiser sees.
 #[derive(Clone, Debug)]
 pub struct DenoiserInput<B: Backend> {
@@ -123,6 +155,9 @@ pub struct DenoiserInput<B: Backend> {
     /// Past frames given clean; `None` feeds zeros and an all-zero mask.
     pub context: Option<FrameContext<B>>,
     pub condition: Condition<B>,
+    /// Where each of the `t` frames sits, per clip (`b` lists of `t`); `None`: a contiguous
+    /// window, `Frame(0), …, Frame(t − 1)`.
+    pub positions: Option<Vec<Vec<FramePosition>>>,
 }
 
 /// The denoiser. Presets: [`DenoiserConfig::tiny`], [`DenoiserConfig::small`],
@@ -181,6 +216,10 @@ pub struct DenoiserConfig {
     /// Epsilon of the parameter-free LayerNorms.
     #[config(default = 1e-6)]
     pub norm_eps: f64,
+    /// Rows of the long-range anchor position table (anchors up to `2^rows` latent frames
+    /// apart are told apart); 0: no anchors.
+    #[config(default = 8)]
+    pub anchor_buckets: usize,
 }
 
 impl DenoiserConfig {
@@ -226,6 +265,7 @@ impl DenoiserConfig {
             .with_max_frames(1)
             .with_temporal_window(1)
             .with_num_classes(Some(1000))
+            .with_anchor_buckets(0)
     }
 
     /// Channels of the input: noisy latents, self-conditioning, context and its mask.
@@ -263,7 +303,7 @@ impl DenoiserConfig {
         let d = self.hidden_size;
         let [frames, height, width] = self.max_grid();
         let patch = self.in_channels() * self.patch_size.pow(2) * d + d;
-        let positions = (frames + height * width) * d;
+        let positions = (frames + height * width + self.anchor_buckets) * d;
         let time = self.frequency_dim * d + d + d * d + d;
         let condition = match self.num_classes {
             Some(k) => (k + 1) * d,
@@ -323,6 +363,7 @@ impl DenoiserConfig {
                 .init(device),
             spatial_position: table.init([height, width, d], device),
             temporal_position: table.init([frames, d], device),
+            anchor_position: (self.anchor_buckets > 0).then(|| table.init([self.anchor_buckets, d], device)),
             time_embedding: TimestepEmbedding::new(self.frequency_dim, d, device),
             text_projection: self
                 .num_classes
@@ -349,6 +390,8 @@ pub struct Denoiser<B: Backend> {
     pub spatial_position: Param<Tensor<B, 3>>,
     /// `[max_frames, d]`
     pub temporal_position: Param<Tensor<B, 2>>,
+    /// `[anchor_buckets, d]`: the temporal embedding of long-range anchors.
+    pub anchor_position: Option<Param<Tensor<B, 2>>>,
     pub time_embedding: TimestepEmbedding<B>,
     /// Pooled text → `c` (text-conditional models).
     pub text_projection: Option<Linear<B>>,
@@ -365,6 +408,39 @@ pub struct Denoiser<B: Backend> {
 }
 
 impl<B: Backend> Denoiser<B> {
+    /// `[b, t, d]`: the temporal embedding of every frame of every clip.
+    ///
+    /// # Panics
+    /// If a clip has not `t` positions, a frame index is out of the table, or the model has no
+    /// anchor table and is given an anchor.
+    fn temporal_embedding(&self, positions: &[Vec<FramePosition>], t: usize) -> Tensor<B, 3> {
+        let [max_frames, d] = self.temporal_position.dims();
+        let buckets = self.anchor_position.as_ref().map_or(0, |a| a.dims()[0]);
+        let rows: Vec<i64> = positions
+            .iter()
+            .flat_map(|clip| {
+                assert_eq!(clip.len(), t, "{} positions for a window of {t} frames", clip.len());
+                clip.iter().map(|&position| match position {
+                    FramePosition::Frame(i) => {
+                        assert!(i < max_frames, "frame {i} is outside the {max_frames}-row position table");
+                        i as i64
+                    }
+                    FramePosition::Anchor { distance } => {
+                        assert!(buckets > 0, "this denoiser was built without anchors");
+                        (max_frames + anchor_bucket(distance, buckets)) as i64
+                    }
+                })
+            })
+            .collect();
+        let device = self.temporal_position.device();
+        let table = match &self.anchor_position {
+            Some(anchors) => Tensor::cat(vec![self.temporal_position.val(), anchors.val()], 0),
+            None => self.temporal_position.val(),
+        };
+        let n = rows.len();
+        table.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device)).reshape([n / t, t, d])
+    }
+
     /// The v-prediction for the noisy latents.
     ///
     /// # Shapes
@@ -378,7 +454,7 @@ impl<B: Backend> Denoiser<B> {
     /// # Panics
     /// If a shape is out of the config's range, or the condition is of the wrong kind.
     pub fn forward(&self, input: DenoiserInput<B>) -> Tensor<B, 5> {
-        let DenoiserInput { z_t, t: time, self_cond, context, condition } = input;
+        let DenoiserInput { z_t, t: time, self_cond, context, condition, positions } = input;
         let [b, c, t, h, w] = z_t.dims();
         let device = z_t.device();
         let p = self.patch_size;
@@ -408,8 +484,11 @@ impl<B: Backend> Denoiser<B> {
         let x = self.patch_embedding.forward(patchify(x, p)); // [b, t*gh*gw, d]
         let spatial = self.spatial_position.val().narrow(0, 0, grid.height).narrow(1, 0, grid.width);
         let spatial = spatial.reshape([1, 1, grid.height * grid.width, d]); // [1, 1, gh*gw, d]
-        let temporal = self.temporal_position.val().narrow(0, 0, t).reshape([1, t, 1, d]); // [1, t, 1, d]
-        let x = x.reshape([b, t, grid.height * grid.width, d]) + spatial + temporal; // [b, t, gh*gw, d]
+        let x = x.reshape([b, t, grid.height * grid.width, d]) + spatial; // [b, t, gh*gw, d]
+        let x = match positions {
+            None => x + self.temporal_position.val().narrow(0, 0, t).reshape([1, t, 1, d]),
+            Some(positions) => x + self.temporal_embedding(&positions, t).reshape([b, t, 1, d]),
+        };
         let mut x = x.reshape([b, grid.volume(), d]);
 
         let time = self.time_embedding.forward(time);

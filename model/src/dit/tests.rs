@@ -58,6 +58,7 @@ fn input<Bk: Backend>(shape: [usize; 5], condition: Condition<Bk>, device: &Bk::
             frame_mask: Tensor::from_data(TensorData::new(given, [b, t]), device),
         }),
         condition,
+        positions: None,
     }
 }
 
@@ -277,4 +278,32 @@ fn presets_grow() {
     }
     println!("tiny at 5 × 16 × 16: {:.3} GFLOPs", DenoiserConfig::tiny().gflops(5, 16, 16, 16));
     assert!(sizes.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+}
+
+#[test]
+fn anchor_positions_use_their_own_table_by_log_distance() {
+    assert_eq!(
+        [1, 2, 3, 4, 7, 8, 200, 100_000].map(|d| anchor_bucket(d, 8)),
+        [0, 1, 1, 2, 2, 3, 7, 7],
+        "⌊log₂ d⌋, the last row for everything further"
+    );
+    let device = Default::default();
+    let model = perturbed(micro().init::<B>(&device));
+    let base = input([2, 4, 3, 8, 8], Condition::Text(text(2, 3, 8, &device)), &device);
+    let run = |positions: Option<Vec<Vec<FramePosition>>>| {
+        model.forward(DenoiserInput { positions, ..base.clone() }).into_data()
+    };
+    // Explicit contiguous positions are the default.
+    let contiguous = vec![FramePosition::window(&[], 3); 2];
+    run(None).assert_eq(&run(Some(contiguous)), true);
+    // An anchor in the first slot changes the output, by its distance bucket only.
+    let anchored = |d| Some(vec![FramePosition::window(&[d], 2); 2]);
+    let near = run(anchored(1));
+    let far: Vec<f32> = run(anchored(40)).into_vec().unwrap();
+    let same_bucket: Vec<f32> = run(anchored(63)).into_vec().unwrap();
+    let default: Vec<f32> = run(None).into_vec().unwrap();
+    let differs = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let near: Vec<f32> = near.into_vec().unwrap();
+    assert!(differs(&near, &default) > 1e-4 && differs(&near, &far) > 1e-4);
+    assert_eq!(far, same_bucket);
 }

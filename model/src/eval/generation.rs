@@ -11,13 +11,13 @@ use super::frechet::frechet_distance;
 use super::motion::camera_velocity;
 use crate::data::{video_frames, video_tensor};
 use crate::pipeline::{ChunkRequest, Pipeline, SamplerSettings};
+use crate::rolling::{ContextLayout, RollingContext};
 use crate::text::TextEmbedding;
 use crate::vae::StreamState;
 use crate::world::{
     Attributes, Camera, Clip, HELD_OUT_COMBINATIONS, Phrasing, Scenery, Split, TimeOfDay, Timeline, Weather, World,
     noise_hash,
 };
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ pub fn held_out_cases(n: usize, seed: u64) -> Vec<Case> {
 struct Stream<B: Backend> {
     seed: u64,
     chunk: u64,
-    context: Option<Tensor<B, 4>>,
+    rolling: RollingContext<B>,
     decoder: StreamState<B>,
     text: Arc<TextEmbedding>,
     frames: usize,
@@ -60,36 +60,41 @@ struct Stream<B: Backend> {
 pub struct Streams<'a, B: Backend> {
     pipeline: &'a Pipeline<B>,
     settings: SamplerSettings,
-    context_frames: usize,
     streams: Vec<Stream<B>>,
 }
 
 impl<'a, B: Backend> Streams<'a, B> {
+    /// Streams conditioned as `layout` says (its context clamped to the window, its anchors
+    /// dropped when the pipeline was not trained with them).
     pub fn new(
         pipeline: &'a Pipeline<B>,
         settings: SamplerSettings,
-        context_frames: usize,
+        layout: ContextLayout,
         starts: Vec<(u64, Arc<TextEmbedding>)>,
     ) -> Self {
+        let layout = layout.fit(pipeline.spec.window, pipeline.spec.anchors);
         let streams = starts
             .into_iter()
             .map(|(seed, text)| Stream {
                 seed,
                 chunk: 0,
-                context: None,
+                rolling: RollingContext::new(layout),
                 decoder: StreamState::default(),
                 text,
                 frames: 0,
                 boundaries: Vec::new(),
             })
             .collect();
-        Streams { pipeline, settings, context_frames: context_frames.min(pipeline.spec.window - 1), streams }
+        Streams { pipeline, settings, streams }
     }
 
-    /// From the next chunk on, stream `i` follows `text`. Returns the frame it takes effect at.
+    /// From the next chunk on, stream `i` follows `text` (its anchors, of the old prompt, go).
+    /// Returns the frame it takes effect at.
     pub fn steer(&mut self, i: usize, text: Arc<TextEmbedding>) -> usize {
-        self.streams[i].text = text;
-        self.streams[i].frames
+        let s = &mut self.streams[i];
+        s.text = text;
+        s.rolling.set_prompt_epoch(s.rolling.prompt_epoch() + 1);
+        s.frames
     }
 
     /// Frames generated so far by stream `i`, and its chunk boundaries.
@@ -99,13 +104,9 @@ impl<'a, B: Backend> Streams<'a, B> {
 
     /// One more chunk of every stream: the new RGB8 frames of each.
     pub fn next_chunk(&mut self) -> Vec<Vec<Vec<u8>>> {
-        let requests: Vec<ChunkRequest<B>> = self
-            .streams
-            .iter()
-            .map(|s| ChunkRequest { seed: s.seed, chunk: s.chunk, context: s.context.clone(), text: s.text.clone() })
-            .collect();
+        let requests: Vec<ChunkRequest<B>> =
+            self.streams.iter().map(|s| s.rolling.request(s.seed, s.chunk, s.text.clone())).collect();
         let latents = self.pipeline.generate(&requests, &self.settings);
-        let k = self.context_frames;
         self.streams
             .iter_mut()
             .zip(latents)
@@ -117,14 +118,7 @@ impl<'a, B: Backend> Streams<'a, B> {
                 }
                 s.frames += frames.len();
                 s.chunk += 1;
-                if k > 0 {
-                    let all = match s.context.take() {
-                        Some(c) => Tensor::cat(vec![c, new], 1),
-                        None => new,
-                    };
-                    let n = all.dims()[1];
-                    s.context = Some(all.narrow(1, n - k.min(n), k.min(n)));
-                }
+                s.rolling.push(new);
                 frames
             })
             .collect()
@@ -220,7 +214,8 @@ pub struct GenerationEvalOptions {
     pub cases: usize,
     pub clip_seconds: f64,
     pub settings: SamplerSettings,
-    pub context_frames: usize,
+    /// Recent latents and anchors each chunk is conditioned on.
+    pub layout: ContextLayout,
     /// Length of the drift stream (0: none).
     pub drift_minutes: f64,
     pub switch_cases: usize,
@@ -344,7 +339,7 @@ pub fn evaluate_generation<B: Backend>(
     let mut generated = Vec::new();
     for group in cases.chunks(o.batch.max(1)) {
         let starts = group.iter().map(|c| (c.seed, embed(&c.prompt))).collect();
-        let mut streams = Streams::new(pipeline, o.settings, o.context_frames, starts);
+        let mut streams = Streams::new(pipeline, o.settings, o.layout, starts);
         let clips = streams.run(frames);
         generated_frames += clips.len() * frames;
         for (i, (clip, case)) in clips.into_iter().zip(group).enumerate() {
@@ -378,7 +373,7 @@ pub fn evaluate_generation<B: Backend>(
         // Only its features are needed (not the camera's pan over a whole minute).
         let reference: Vec<Vec<f32>> =
             read_frames(evaluator, &reference, w, h, 480, device).into_iter().map(|r| r.features).collect();
-        let mut streams = Streams::new(pipeline, o.settings, o.context_frames, vec![(case.seed, embed(&case.prompt))]);
+        let mut streams = Streams::new(pipeline, o.settings, o.layout, vec![(case.seed, embed(&case.prompt))]);
         let mut pending: Vec<Vec<u8>> = Vec::new();
         let mut start = 0;
         for minute in 1..=minutes {
@@ -429,7 +424,7 @@ pub fn evaluate_generation<B: Backend>(
     let mut switches = Vec::new();
     for group in switch_cases.chunks(o.batch.max(1)) {
         let starts = group.iter().map(|(from, _, _)| (from.seed, embed(&from.prompt))).collect();
-        let mut streams = Streams::new(pipeline, o.settings, o.context_frames, starts);
+        let mut streams = Streams::new(pipeline, o.settings, o.layout, starts);
         let before = (o.switch_at * fps).round() as usize;
         let after = (o.switch_after * fps).round() as usize;
         let mut clips = streams.run(before);

@@ -15,6 +15,11 @@
 //!   1 or 2 latent frames as clean context (the context channels and mask); otherwise none,
 //!   which is also the null condition of past-frame guidance. The loss covers every frame —
 //!   context frames too, so x̂ of the context is meaningful for reconstruction guidance.
+//! - **Long-range anchors** (Flexible Diffusion Models): a fraction `anchor_fraction` of the
+//!   video batches replace each window's first latent by one from the same world stream
+//!   `d` latent frames before the next (`d` log-uniform in `1..=max_anchor_distance`), given
+//!   clean with its distance ([`FramePosition::Anchor`]), followed by 1 or 2 clean recent
+//!   latents: the layout a stream's chunks have once it holds anchors ([`crate::rolling`]).
 //! - **Text dropout** replaces a prompt by the null prompt with probability `text_dropout`
 //!   (classifier-free guidance).
 //! - **Self-conditioning** (Chen et al. 2022): with probability `self_condition` a batch first
@@ -32,11 +37,11 @@ use super::vae::TrainSummary;
 use crate::checkpoint::{self, Precision};
 use crate::data::video_tensor;
 use crate::diffusion::{Schedule, gaussian};
-use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContext, TextCondition};
+use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContext, FramePosition, TextCondition};
 use crate::pipeline::{DENOISER_EMA_FILE, DENOISER_FILE, PipelineSpec, VAE_FILE};
 use crate::text::{TextBatch, TextEmbedding, TextEncoder};
 use crate::vae::{Vae, VaeConfig};
-use crate::world::{ClipOptions, ClipSampler, Split, noise_hash};
+use crate::world::{Clip, ClipOptions, ClipSampler, Split, noise_hash};
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
@@ -75,6 +80,10 @@ pub struct TrainDenoiserOptions {
     pub image_fraction: f64,
     /// Chance that a video clip gets 1 or 2 clean past latent frames (W.A.L.T's p_fp).
     pub frame_prediction: f64,
+    /// Fraction of video batches whose windows start with a long-range anchor.
+    pub anchor_fraction: f64,
+    /// The farthest an anchor is drawn from, in latent frames.
+    pub max_anchor_distance: usize,
     /// Chance that a prompt is replaced by the null prompt.
     pub text_dropout: f64,
     /// Chance that a batch trains with self-conditioning.
@@ -100,7 +109,8 @@ pub struct TrainDenoiserOptions {
 impl TrainDenoiserOptions {
     /// Defaults: 64×64 at 8 fps, windows of 4 latent frames with a lead of 2, batch 4, 1000
     /// steps, lr 3e-4 after 100 steps of warm-up, clip 1.0, EMA 0.999, a fifth of the batches
-    /// images, p_fp 0.5, text dropout 0.1, self-conditioning on half the batches.
+    /// images, p_fp 0.5, a quarter of the video batches with an anchor up to 128 latent frames
+    /// back, text dropout 0.1, self-conditioning on half the batches.
     pub fn new(
         config: DenoiserConfig,
         vae: impl Into<PathBuf>,
@@ -129,6 +139,8 @@ impl TrainDenoiserOptions {
             },
             image_fraction: 0.2,
             frame_prediction: 0.5,
+            anchor_fraction: 0.25,
+            max_anchor_distance: 128,
             text_dropout: 0.1,
             self_condition: 0.5,
             schedule_base: 8,
@@ -171,9 +183,18 @@ impl TrainDenoiserOptions {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
+        if self.anchor_fraction > 0.0 {
+            if self.window < 3 {
+                bail!("anchors need windows of at least 3 latent frames (an anchor, a context frame, a new one)");
+            }
+            if self.config.anchor_buckets == 0 || self.max_anchor_distance == 0 {
+                bail!("anchors need a model with anchor buckets and a maximum anchor distance of at least 1");
+            }
+        }
         for (name, p) in [
             ("image fraction", self.image_fraction),
             ("frame-prediction probability", self.frame_prediction),
+            ("anchor fraction", self.anchor_fraction),
             ("text dropout", self.text_dropout),
             ("self-conditioning probability", self.self_condition),
         ] {
@@ -196,6 +217,8 @@ struct Batch {
     /// `[b, c, t, h, w]`
     latents: TensorData,
     embeddings: Vec<Arc<TextEmbedding>>,
+    /// Per clip, the distance of the anchor that replaced its first latent; `None`: no anchors.
+    anchors: Option<Vec<usize>>,
 }
 
 /// Renders and encodes batches: lives on the feeder thread.
@@ -226,10 +249,32 @@ impl<B: Backend> Encoder<B> {
         let frames: Vec<Vec<Vec<u8>>> = clips.par_iter().map(|c| c.render(false)).collect();
         let video = video_tensor::<B>(&frames, o.width, o.height, &self.device);
         let (mean, _) = self.vae.encode(video);
-        let start = if image { 0 } else { (o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize };
-        let latents = mean.narrow(2, start.min(o.lead), window).into_data();
+        let start = if image { 0 } else { (o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize }.min(o.lead);
+        let latents = mean.narrow(2, start, window);
         let embeddings = clips.iter().map(|c| self.text.embed(&c.caption())).collect();
-        Batch { latents, embeddings }
+        if image || o.uniform(step, 0, 8) >= o.anchor_fraction {
+            return Batch { latents: latents.into_data(), embeddings, anchors: None };
+        }
+        // Anchors: `d` latent frames before the window's second latent (index start + 1 of
+        // the clip, its last video frame f·(start + 1)), the second latent of a 1 + f frame clip
+        // — a latent that stands for f frames, as in a stream.
+        let log_max = (o.max_anchor_distance as f64).ln();
+        let distances: Vec<usize> = (0..o.batch)
+            .map(|i| ((o.uniform(step, i, 9) * log_max).exp() as usize).clamp(1, o.max_anchor_distance))
+            .collect();
+        let anchor_clips: Vec<Clip> = clips
+            .iter()
+            .zip(&distances)
+            .map(|(clip, &d)| Clip {
+                start: clip.start + (f as f64 * (start as f64 - d as f64)) / clip.fps,
+                frames: 1 + f,
+                ..clip.clone()
+            })
+            .collect();
+        let frames: Vec<Vec<Vec<u8>>> = anchor_clips.par_iter().map(|c| c.render(false)).collect();
+        let (anchor, _) = self.vae.encode(video_tensor::<B>(&frames, o.width, o.height, &self.device));
+        let latents = Tensor::cat(vec![anchor.narrow(2, 1, 1), latents.narrow(2, 1, window - 1)], 2);
+        Batch { latents: latents.into_data(), embeddings, anchors: Some(distances) }
     }
 }
 
@@ -350,6 +395,7 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             latent_mean,
             latent_std,
             schedule: o.schedule(&vae_config),
+            anchors: o.anchor_fraction > 0.0,
         };
         B::seed(device, noise_hash(o.seed, -1, 0));
         let model: Denoiser<B> = config.init(device);
@@ -377,7 +423,8 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             .sub_scalar(run.spec.latent_mean)
             .div_scalar(run.spec.latent_std);
         let t = latents.dims()[2];
-        let loss = step_loss(o, &run.model, &run.spec.schedule, latents, &batch.embeddings, step);
+        let loss =
+            step_loss(o, &run.model, &run.spec.schedule, latents, &batch.embeddings, batch.anchors.as_deref(), step);
         let grads = GradientsParams::from_grads(loss.backward(), &run.model);
         let lr = o.optim.lr_at(step, o.steps);
         run.model = run.optim.step(lr, run.model, grads);
@@ -418,13 +465,15 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
     Ok(TrainSummary { start_step: start, end_step: run.step, rows: run.rows[first_row..].to_vec(), samples_per_second })
 }
 
-/// The loss of one batch of normalised latents `x` (`[b, c, t, h, w]`) at `step`.
+/// The loss of one batch of normalised latents `x` (`[b, c, t, h, w]`) at `step`; with
+/// `anchors`, each clip's first latent is an anchor that far back.
 pub fn step_loss<B: AutodiffBackend>(
     o: &TrainDenoiserOptions,
     model: &Denoiser<B>,
     schedule: &Schedule,
     x: Tensor<B, 5>,
     embeddings: &[Arc<TextEmbedding>],
+    anchors: Option<&[usize]>,
     step: usize,
 ) -> Tensor<B, 1> {
     let [b, c, t, h, w] = x.dims();
@@ -445,16 +494,20 @@ pub fn step_loss<B: AutodiffBackend>(
     let z_t = x.clone() * alpha.clone() + eps.clone() * sigma.clone();
     let target = eps * alpha.clone() - x.clone() * sigma.clone();
 
-    // Frame prediction: 1 or 2 clean past frames for some clips.
+    // Frame prediction: 1 or 2 clean past frames for some clips; an anchor and 1 or 2 for
+    // every clip of an anchored batch.
     let mut given = vec![false; b * t];
+    let lead = usize::from(anchors.is_some());
     if t > 1 {
         for i in 0..b {
-            if o.uniform(step, i, 4) < o.frame_prediction {
-                let k = if o.uniform(step, i, 5) < 0.5 || t == 2 { 1 } else { 2 };
-                given[i * t..i * t + k].fill(true);
+            if anchors.is_some() || o.uniform(step, i, 4) < o.frame_prediction {
+                let k = if o.uniform(step, i, 5) < 0.5 || t == 2 + lead { 1 } else { 2 };
+                given[i * t..i * t + lead + k].fill(true);
             }
         }
     }
+    let positions =
+        anchors.map(|distances| distances.iter().map(|&d| FramePosition::window(&[d], t - 1)).collect::<Vec<_>>());
     let context = given.iter().any(|&g| g).then(|| FrameContext {
         latents: x.clone(),
         frame_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(given, [b, t]), &device),
@@ -469,6 +522,7 @@ pub fn step_loss<B: AutodiffBackend>(
         self_cond,
         context: context.clone(),
         condition: Condition::Text(text.clone()),
+        positions: positions.clone(),
     };
     let self_cond = (o.uniform(step, 0, 7) < o.self_condition).then(|| {
         let v = model.forward(input(None)).detach();

@@ -176,9 +176,15 @@ pub struct EvalArgs {
     /// Reconstruction-guidance weight (mode guided).
     #[arg(long, default_value_t = 2.0)]
     guidance_weight: f64,
-    /// Past latent frames each chunk is conditioned on.
+    /// Latent frames each chunk is conditioned on, anchors included.
     #[arg(long, default_value_t = 2)]
     context: usize,
+    /// How many of them are long-range anchors (when the pipeline was trained with them).
+    #[arg(long, default_value_t = 1)]
+    anchors: usize,
+    /// Latent frames between anchor candidates.
+    #[arg(long, default_value_t = 8)]
+    anchor_every: usize,
     /// Streams generated per batch.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -205,6 +211,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
     use endless_model::diffusion::Guidance;
     use endless_model::eval::{GenerationEvalOptions, GenerationReport, evaluate_generation};
     use endless_model::pipeline::{Pipeline, SamplerSettings};
+    use endless_model::rolling::ContextLayout;
     use endless_model::text::{TextEncoder, default_dir};
     use endless_model::train::{load_evaluator, write_series_plot};
     let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
@@ -225,7 +232,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
                 guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
                 mode,
             },
-            context_frames: args.context,
+            layout: ContextLayout { frames: args.context, anchors: args.anchors, anchor_every: args.anchor_every },
             drift_minutes: args.drift_minutes,
             switch_cases: args.switch_cases,
             switch_at: 3.0,

@@ -2,13 +2,13 @@
 //! pipeline folder, on the device chosen with `--device`.
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use endless_model::device::{DeviceKind, Resolved, resolve};
 use endless_model::diffusion::Guidance;
 use endless_model::dit::DenoiserConfig;
 use endless_model::media::{Size, contact_sheet, write_mp4, write_png};
-use endless_model::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings};
+use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings};
+use endless_model::rolling::{ContextLayout, RollingContext};
 use endless_model::text::{TextEncoder, default_dir};
 use endless_model::train::{LrSchedule, Optimisation, TrainDenoiserOptions, train_denoiser};
 use endless_model::vae::StreamState;
@@ -125,6 +125,13 @@ pub struct TrainArgs {
     /// Chance that a clip gets 1 or 2 clean past latent frames (frame prediction, p_fp).
     #[arg(long, default_value_t = 0.5)]
     frame_prediction: f64,
+    /// Fraction of video batches whose windows start with a long-range anchor (0: a model
+    /// that streams without anchors).
+    #[arg(long, default_value_t = 0.25)]
+    anchor_fraction: f64,
+    /// The farthest an anchor is drawn from, in latent frames.
+    #[arg(long, default_value_t = 128)]
+    max_anchor_distance: usize,
     /// Chance that a prompt is dropped (classifier-free guidance).
     #[arg(long, default_value_t = 0.1)]
     text_dropout: f64,
@@ -185,6 +192,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         steps: args.steps,
         image_fraction: args.image_fraction,
         frame_prediction: args.frame_prediction,
+        anchor_fraction: args.anchor_fraction,
+        max_anchor_distance: args.max_anchor_distance,
         text_dropout: args.text_dropout,
         self_condition: args.self_condition,
         seed: args.run.seed,
@@ -259,9 +268,15 @@ pub struct SampleArgs {
     /// Reconstruction-guidance weight (mode guided).
     #[arg(long, default_value_t = 2.0)]
     guidance_weight: f64,
-    /// Past latent frames each chunk is conditioned on.
+    /// Latent frames each chunk is conditioned on, anchors included.
     #[arg(long, default_value_t = 2)]
     context: usize,
+    /// How many of them are long-range anchors (when the pipeline was trained with them).
+    #[arg(long, default_value_t = 1)]
+    anchors: usize,
+    /// Latent frames between anchor candidates.
+    #[arg(long, default_value_t = 8)]
+    anchor_every: usize,
     /// Use the raw weights instead of the EMA.
     #[arg(long)]
     no_ema: bool,
@@ -312,26 +327,22 @@ fn sample_on<B: Backend>(device: &B::Device, args: &SampleArgs, settings: &Sampl
     let spec = &pipeline.spec;
     let size = Size { width: spec.width, height: spec.height };
     let wanted = (args.seconds * spec.fps).round().max(1.0) as usize;
-    let k = args.context.min(spec.window - 1);
+    let layout = ContextLayout { frames: args.context, anchors: args.anchors, anchor_every: args.anchor_every }
+        .fit(spec.window, spec.anchors);
     let embedding = text.embed(&args.prompt);
     eprintln!("loaded {} in {:.1} s", args.model.display(), started.elapsed().as_secs_f64());
 
     let started = Instant::now();
-    let mut stream: Option<Tensor<B, 4>> = None; // [c, L, h, w]
+    let mut rolling = RollingContext::<B>::new(layout);
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut chunk = 0u64;
     let mut decoder = StreamState::default();
     while frames.len() < wanted {
-        let len = stream.as_ref().map_or(0, |s| s.dims()[1]);
-        let context = stream.as_ref().filter(|_| k > 0).map(|s| s.clone().narrow(1, len - k.min(len), k.min(len)));
-        let request = ChunkRequest { seed: args.seed, chunk, context, text: embedding.clone() };
+        let request = rolling.request(args.seed, chunk, embedding.clone());
         let new = pipeline.generate(std::slice::from_ref(&request), settings).remove(0);
         let video = pipeline.decode_stream(new.clone().unsqueeze_dim(0), &mut decoder);
         frames.extend(endless_model::data::video_frames(video).remove(0));
-        stream = Some(match stream {
-            Some(s) => Tensor::cat(vec![s, new], 1),
-            None => new,
-        });
+        rolling.push(new);
         chunk += 1;
     }
     frames.truncate(wanted);
