@@ -617,6 +617,10 @@ impl FrameSource for ModelSource {
         self.due = Some(due);
     }
 
+    fn chunk_hint(&self) -> Option<usize> {
+        Some(self.scheduler.chunk_frames)
+    }
+
     fn next_chunk(&mut self, n: usize) -> Result<Vec<Vec<u8>>, SourceError> {
         while self.ahead.len() < n {
             self.generate_chunk()?;

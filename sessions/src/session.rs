@@ -8,8 +8,15 @@
 //!
 //! Generation stops when the buffer is full; playback stops while paused or while nobody
 //! watches or records, and with it generation. A steer changes the source from a frame just
-//! ahead of playback and, when the source can rewind, throws away the buffered frames after
-//! it, so the new prompt shows within a fraction of a second rather than after the buffer.
+//! ahead of playback — far enough ahead that the chunk there can be made in time (1.25 times
+//! the recent time of a chunk) — and, when the source can rewind, throws away the
+//! buffered frames after it, so the new prompt shows within about a chunk's generation time
+//! (and the chunk in flight) rather than after the buffer.
+//!
+//! The source's lock is held for a whole chunk (a model source waits for its device), so the
+//! pacer never takes it: which buffered frames a rewind threw away is kept apart
+//! ([`Epochs`]), and the generator asks for the source's own chunk size
+//! ([`FrameSource::chunk_hint`]), so that a steer waits for one chunk at most.
 
 use crate::id::{OwnerToken, SessionId};
 use crate::source::{FrameSource, PromptEvent, SourceError};
@@ -86,20 +93,26 @@ pub enum SessionError {
     Source(#[from] SourceError),
 }
 
-/// What the source lock protects: the source and the record of which buffered frames are
-/// still valid after rewinds.
+/// What the source lock protects.
 struct Control {
     source: Box<dyn FrameSource>,
+}
+
+/// Which buffered frames are still valid after rewinds. Changed only under the source's lock
+/// too, so the generator reads the epoch its chunk belongs to consistently; the pacer reads it
+/// alone.
+#[derive(Default)]
+struct Epochs {
     /// Current generation epoch: bumped by every rewind.
-    epoch: u64,
+    current: u64,
     /// `(epoch, end)`: frames of `epoch` from `end` on were thrown away by a rewind.
     ends: VecDeque<(u64, u64)>,
 }
 
-impl Control {
+impl Epochs {
     /// Whether frame `index` generated in `epoch` is still part of the stream.
     fn valid(&self, epoch: u64, index: u64) -> bool {
-        epoch == self.epoch || self.ends.iter().find(|(e, _)| *e == epoch).is_some_and(|(_, end)| index < *end)
+        epoch == self.current || self.ends.iter().find(|(e, _)| *e == epoch).is_some_and(|(_, end)| index < *end)
     }
 }
 
@@ -125,6 +138,8 @@ struct Counters {
     /// Nanoseconds spent generating and frames generated, for the generation rate.
     generate_ns: AtomicU64,
     generate_frames: AtomicU64,
+    /// Nanoseconds per frame of the last chunks (a running mean), for the steer's lead.
+    recent_frame_ns: AtomicU64,
 }
 
 /// A snapshot of a session for lists and stats.
@@ -164,6 +179,7 @@ pub struct Session {
     created: Instant,
     pub created_at: SystemTime,
     control: Arc<Mutex<Control>>,
+    epochs: Arc<Mutex<Epochs>>,
     counters: Arc<Counters>,
     /// Wakes the pacer when pause, viewers or recording change.
     wake: watch::Sender<()>,
@@ -212,7 +228,8 @@ impl Session {
             settings,
             created: Instant::now(),
             created_at: SystemTime::now(),
-            control: Arc::new(Mutex::new(Control { source, epoch: 0, ends: VecDeque::new() })),
+            control: Arc::new(Mutex::new(Control { source })),
+            epochs: Arc::new(Mutex::new(Epochs::default())),
             counters,
             wake,
             cancel: CancellationToken::new(),
@@ -223,14 +240,20 @@ impl Session {
             idle_since: Mutex::new(Some(Instant::now())),
             source_stats: Arc::new(Mutex::new(serde_json::Value::Null)),
         });
-        let (control, counters, n) = (session.control.clone(), session.counters.clone(), session.settings.chunk_frames);
-        let source_stats = session.source_stats.clone();
+        let generator = Generator {
+            control: session.control.clone(),
+            epochs: session.epochs.clone(),
+            counters: session.counters.clone(),
+            source_stats: session.source_stats.clone(),
+            n: session.settings.chunk_frames,
+            fps,
+        };
         std::thread::Builder::new()
             .name(format!("gen-{}", &session.id.as_str()[..8]))
-            .spawn(move || generate(control, counters, source_stats, n, fps, chunks_tx))
+            .spawn(move || generator.run(chunks_tx))
             .expect("the OS can start a generator thread");
         let pacer = Pacer {
-            control: session.control.clone(),
+            epochs: session.epochs.clone(),
             counters: session.counters.clone(),
             size,
             fps,
@@ -282,6 +305,12 @@ impl Session {
         lock(&self.control).source.describe()
     }
 
+    /// The next frame the source will generate (after a steer that rolled generation back:
+    /// the steer's frame until its chunk is made).
+    pub fn generated(&self) -> u64 {
+        self.counters.generated.load(Ordering::SeqCst)
+    }
+
     /// The next frame to be shown.
     pub fn played(&self) -> u64 {
         self.counters.played.load(Ordering::SeqCst)
@@ -309,23 +338,33 @@ impl Session {
             *last = Some(Instant::now());
         }
         let transition = transition_secs.unwrap_or(self.settings.transition_secs).clamp(0.0, 60.0);
-        let lead = (self.fps * self.settings.steer_lead_secs).ceil() as u64;
-        let at = self.played() + lead;
         let mut c = lock(&self.control);
+        let at = self.played() + self.steer_lead(c.source.chunk_hint());
         let at = c.source.steer(at, prompt, transition)?;
         if at < c.source.next_frame() && c.source.rewind_to(at) {
-            let (epoch, end) = (c.epoch, c.source.next_frame());
-            c.ends.push_back((epoch, end));
-            if c.ends.len() > 64 {
-                c.ends.pop_front();
+            let mut e = lock(&self.epochs);
+            let (epoch, end) = (e.current, c.source.next_frame());
+            e.ends.push_back((epoch, end));
+            if e.ends.len() > 64 {
+                e.ends.pop_front();
             }
-            c.epoch += 1;
+            e.current += 1;
             self.counters.generated.store(end, Ordering::SeqCst);
         }
         drop(c);
         *lock(&self.prompt) = prompt.to_string();
         lock(&self.history).push(PromptEvent { frame: at, prompt: prompt.to_string(), transition_secs: transition });
         Ok(at)
+    }
+
+    /// Frames between playback and a steer (taken once the chunk in flight is done): the
+    /// configured lead, or 1.25 times the recent time of a chunk of `chunk` frames (`None`: the
+    /// session's) when that is longer, so that the steer's chunk is ready before playback
+    /// gets there.
+    fn steer_lead(&self, chunk: Option<usize>) -> u64 {
+        let frame_ns = self.counters.recent_frame_ns.load(Ordering::SeqCst) as f64;
+        let chunk_secs = frame_ns / 1e9 * chunk.unwrap_or(self.settings.chunk_frames) as f64;
+        (self.fps * self.settings.steer_lead_secs.max(1.25 * chunk_secs)).ceil() as u64
     }
 
     /// Pauses or resumes playback (and so generation).
@@ -428,47 +467,61 @@ impl Drop for ViewerGuard {
     }
 }
 
-/// The generator thread: chunk after chunk into the bounded buffer, until the session ends
-/// or the source fails (the failure travels behind the frames before it).
-fn generate(
+/// The generator thread's state.
+struct Generator {
     control: Arc<Mutex<Control>>,
+    epochs: Arc<Mutex<Epochs>>,
     counters: Arc<Counters>,
     source_stats: Arc<Mutex<serde_json::Value>>,
+    /// Frames per chunk, unless the source has its own size.
     n: usize,
     fps: f64,
-    chunks: mpsc::Sender<Result<Chunk, String>>,
-) {
-    loop {
-        let started = Instant::now();
-        let chunk = {
-            let mut c = lock(&control);
-            let (epoch, first) = (c.epoch, c.source.next_frame());
-            // Due when playback reaches the first frame of this chunk.
-            let buffered = first.saturating_sub(counters.played.load(Ordering::SeqCst));
-            c.source.set_due(Instant::now() + Duration::from_secs_f64(buffered as f64 / fps));
-            let result = c.source.next_chunk(n);
-            *lock(&source_stats) = c.source.stats();
-            match result {
-                Ok(frames) => Chunk { epoch, first, frames },
-                Err(e) => {
-                    tracing::error!(cause = %e, "generation failed");
-                    let _ = chunks.blocking_send(Err(e.to_string()));
-                    return;
+}
+
+impl Generator {
+    /// Chunk after chunk into the bounded buffer, until the session ends or the source fails
+    /// (the failure travels behind the frames before it).
+    fn run(self, chunks: mpsc::Sender<Result<Chunk, String>>) {
+        let counters = &self.counters;
+        loop {
+            let started = Instant::now();
+            let chunk = {
+                let mut c = lock(&self.control);
+                let (epoch, first) = (lock(&self.epochs).current, c.source.next_frame());
+                let n = c.source.chunk_hint().unwrap_or(self.n);
+                // Due when playback reaches the first frame of this chunk.
+                let buffered = first.saturating_sub(counters.played.load(Ordering::SeqCst));
+                c.source.set_due(Instant::now() + Duration::from_secs_f64(buffered as f64 / self.fps));
+                let result = c.source.next_chunk(n);
+                *lock(&self.source_stats) = c.source.stats();
+                match result {
+                    Ok(frames) => Chunk { epoch, first, frames },
+                    Err(e) => {
+                        tracing::error!(cause = %e, "generation failed");
+                        let _ = chunks.blocking_send(Err(e.to_string()));
+                        return;
+                    }
                 }
+            };
+            let n = chunk.frames.len() as u64;
+            let ns = started.elapsed().as_nanos() as u64;
+            let per_frame = ns / n.max(1);
+            let recent = counters.recent_frame_ns.load(Ordering::SeqCst);
+            let mixed = if recent == 0 { per_frame } else { (recent * 7 + per_frame * 3) / 10 };
+            counters.recent_frame_ns.store(mixed, Ordering::SeqCst);
+            counters.generate_ns.fetch_add(ns, Ordering::SeqCst);
+            counters.generate_frames.fetch_add(n, Ordering::SeqCst);
+            counters.generated.fetch_max(chunk.first + n, Ordering::SeqCst);
+            if chunks.blocking_send(Ok(chunk)).is_err() {
+                return; // the pacer is gone: the session ended
             }
-        };
-        counters.generate_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::SeqCst);
-        counters.generate_frames.fetch_add(n as u64, Ordering::SeqCst);
-        counters.generated.fetch_max(chunk.first + n as u64, Ordering::SeqCst);
-        if chunks.blocking_send(Ok(chunk)).is_err() {
-            return; // the pacer is gone: the session ended
         }
     }
 }
 
 /// The playout clock.
 struct Pacer {
-    control: Arc<Mutex<Control>>,
+    epochs: Arc<Mutex<Epochs>>,
     counters: Arc<Counters>,
     size: Size,
     fps: f64,
@@ -502,7 +555,7 @@ impl Pacer {
             for (i, rgb) in chunk.frames.into_iter().enumerate() {
                 let index = chunk.first + i as u64;
                 let wanted = self.counters.played.load(Ordering::SeqCst);
-                if index != wanted || !lock(&self.control).valid(chunk.epoch, index) {
+                if index != wanted || !lock(&self.epochs).valid(chunk.epoch, index) {
                     continue; // thrown away by a steer's rewind, or already shown
                 }
                 while !self.should_play() {

@@ -44,6 +44,12 @@ pub trait FrameSource: Send {
     fn set_due(&mut self, _due: std::time::Instant) {}
     /// Produces the next `n` frames.
     fn next_chunk(&mut self, n: usize) -> Result<Vec<Vec<u8>>, SourceError>;
+    /// The chunk size this source makes frames in, when it has one (a model's chunks): a
+    /// session then asks for that many at a time, so that it never holds the source for more
+    /// than one of them.
+    fn chunk_hint(&self) -> Option<usize> {
+        None
+    }
     /// Changes the prompt from frame `at` on (at or after [`Self::next_frame`]), blending
     /// over `transition_secs`. Returns the frame the change really starts at (a source may
     /// only change at its own chunk boundaries): replaying the steer there reproduces it.

@@ -215,3 +215,71 @@ async fn a_failing_source_reports_its_error_and_the_others_go_on() {
         next_frame(&mut good_out).await;
     }
 }
+
+/// A source like a model's: chunks of its own size, each taking `delay` to make (waiting, as a
+/// model source waits for its device, with the session's source lock held).
+struct Slow(WorldSource, usize, Duration);
+
+impl FrameSource for Slow {
+    fn size(&self) -> Size {
+        self.0.size()
+    }
+    fn fps(&self) -> f64 {
+        self.0.fps()
+    }
+    fn next_frame(&self) -> u64 {
+        self.0.next_frame()
+    }
+    fn next_chunk(&mut self, n: usize) -> Result<Vec<Vec<u8>>, SourceError> {
+        std::thread::sleep(self.2);
+        self.0.next_chunk(n)
+    }
+    fn chunk_hint(&self) -> Option<usize> {
+        Some(self.1)
+    }
+    fn steer(&mut self, at: u64, prompt: &str, t: f64) -> Result<u64, SourceError> {
+        self.0.steer(at, prompt, t)
+    }
+    fn rewind_to(&mut self, frame: u64) -> bool {
+        self.0.rewind_to(frame)
+    }
+    fn fork_at(&self, frame: u64) -> Box<dyn FrameSource> {
+        self.0.fork_at(frame)
+    }
+    fn describe(&self) -> serde_json::Value {
+        self.0.describe()
+    }
+}
+
+/// Chunks of 25 frames (0.5 s) made in 0.25 s each, with the source's lock held: playback
+/// does not wait for the lock (no stall once playing), the session asks for the source's chunk
+/// size (asking for the session's 5 frames at a time, 0.25 s each, could not keep up), and a
+/// steer lands far enough ahead for its chunk to be made in time (1.25 chunk times: 16
+/// frames) and shows then, without a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_source_plays_without_stalls_and_steers_in_time() {
+    let settings = Settings { chunk_frames: 5, buffer_chunks: 2, ..Settings::default() };
+    let source = Slow(WorldSource::new("green hills", 17, SIZE, FPS), 25, Duration::from_millis(250));
+    let (session, owner) = Session::start(Box::new(source), "green hills", 17, settings, Vec::new());
+    let mut out = session.take_output().unwrap();
+    let _viewer = session.watch();
+    for i in 0..100 {
+        let frame = next_frame(&mut out).await;
+        assert_eq!(frame.index, i);
+    }
+    assert_eq!(session.info().stalls, 0, "playback waited for the source");
+    let showing = session.played();
+    let steered = Instant::now();
+    let at = session.steer(owner.as_str(), "snowy hills at night", Some(0.0)).unwrap();
+    // 1.25 × 0.25 s at 50 fps is 16 frames (the world source changes at any frame).
+    assert!((showing + 16..showing + 16 + 25).contains(&at), "steer at {at}, showing {showing}");
+    loop {
+        if next_frame(&mut out).await.index >= at {
+            break;
+        }
+    }
+    let waited = steered.elapsed().as_secs_f64();
+    assert!(waited < 2.0, "the steer showed after {waited:.2} s");
+    assert_eq!(session.info().stalls, 0, "the steer's chunk was late");
+    assert!(session.info().generated_fps > 60.0, "chunks of 25 frames at 4 a second");
+}
