@@ -1,15 +1,23 @@
-//! `endless bench`: how many model streams one device holds in real time.
+//! `endless bench`: how many model streams one device holds in real time, how fast a stream
+//! follows a new prompt, and how much memory streaming holds over time.
 //!
-//! For 1, 2, 4, … concurrent sessions on one scheduler (the service's own worker: batching,
-//! deadlines), every session generates the same length of video as fast as it can; the table
-//! gives the time to the first frame, the per-session generation rate and its real-time
-//! factor (generated seconds of video per second), until a session no longer keeps up.
+//! - **Sessions**: for 1, 2, 4, … concurrent sessions on one scheduler (the service's own
+//!   worker: batching, deadlines), every session generates the same length of video as fast as
+//!   it can; the table gives the time to the first frame, the per-session generation rate and
+//!   its real-time factor (generated seconds of video per second), until a session no longer
+//!   keeps up.
+//! - **Prompt switches**: one session of the service (its buffer, its pacer, its steering)
+//!   played in real time and steered: seconds from the steer to the first frame generated
+//!   with the new prompt, and to that frame leaving the session for the encoder.
+//! - **Memory**: sessions streaming in real time for an hour (or as long as asked), the
+//!   process's resident memory at given minutes.
 
 use crate::config::Config;
 use anyhow::Result;
-use endless_sessions::{FrameSource, ModelSource, Scheduler};
+use endless_sessions::{FrameSource, ModelSource, Output, OwnerToken, Scheduler, Session, Settings, ViewerGuard};
 use serde::Serialize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// One row of the table.
@@ -34,14 +42,75 @@ pub struct Row {
     pub mfu: f64,
 }
 
-/// Runs the benchmark with the `[model]` settings of `config`; `seconds` of video per session.
-/// Stops after the first row below real time unless `past_realtime` (to see how batching
-/// scales the total rate on a device that is too slow for even one stream).
-pub fn run(config: &Config, seconds: f64, max_sessions: usize, past_realtime: bool) -> Result<Vec<Row>> {
+/// What `endless bench` measures besides the sessions table.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Seconds of video per session per row.
+    pub seconds: f64,
+    pub max_sessions: usize,
+    /// Keep doubling the sessions after real time breaks.
+    pub past_realtime: bool,
+    /// Prompt switches to time (0: none).
+    pub switches: usize,
+    /// Minutes at which to read memory while `memory_sessions` stream (empty: none).
+    pub memory_minutes: Vec<f64>,
+    pub memory_sessions: usize,
+}
+
+/// Everything `endless bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub peak_gflops: f64,
+    pub sessions: Vec<Row>,
+    pub switches: Vec<SwitchRow>,
+    pub memory: Vec<MemoryRow>,
+}
+
+/// Runs the benchmark with the `[model]` and `[sessions]` settings of `config`, printing its
+/// tables.
+pub fn run(config: &Config, o: &BenchOptions) -> Result<BenchReport> {
     let scheduler = Scheduler::start(crate::server::model_settings(config)).map_err(anyhow::Error::msg)?;
-    let fps = scheduler.spec.fps;
     let peak = endless_model::device::peak_gflops(scheduler.device);
     println!("device {:?}: peak {peak:.0} GFLOP/s (f32 matmul)\n", scheduler.device);
+    let sessions = sessions_table(&scheduler, peak, o)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let settings = crate::server::session_settings(config);
+    let mut switches = Vec::new();
+    if o.switches > 0 {
+        println!(
+            "\nprompt switches (one session in real time, {} s buffered):\n",
+            settings.buffer_chunks as f64 * settings.chunk_frames as f64 / scheduler.spec.fps
+        );
+        println!("| switch | frames ahead | steer → generated (s) | steer → pushed (s) | stalls |");
+        println!("|---|---|---|---|---|");
+        switches = runtime.block_on(self::switches(&scheduler, settings.clone(), o.switches))?;
+        for (i, r) in switches.iter().enumerate() {
+            println!("| {} | {} | {:.2} | {:.2} | {} |", i + 1, r.frames_ahead, r.generated_s, r.pushed_s, r.stalls);
+        }
+    }
+    let mut memory = Vec::new();
+    if !o.memory_minutes.is_empty() {
+        println!("\nresident memory while {} session(s) stream in real time:\n", o.memory_sessions);
+        println!("| minute | RSS (MiB) | sessions | frames shown | stalls |");
+        println!("|---|---|---|---|---|");
+        memory = runtime.block_on(self::memory(&scheduler, settings, o.memory_sessions, &o.memory_minutes))?;
+    }
+    Ok(BenchReport {
+        device: format!("{:?}", scheduler.device).to_lowercase(),
+        peak_gflops: peak,
+        sessions,
+        switches,
+        memory,
+    })
+}
+
+/// The sessions table: `seconds` of video per session. Stops after the first row below real
+/// time unless `past_realtime` (to see how batching scales the total rate on a device that is
+/// too slow for even one stream).
+fn sessions_table(scheduler: &Arc<Scheduler>, peak: f64, o: &BenchOptions) -> Result<Vec<Row>> {
+    let BenchOptions { seconds, max_sessions, past_realtime, .. } = *o;
+    let fps = scheduler.spec.fps;
     println!(
         "| sessions | first frame mean (s) | first frame worst (s) | fps per session | fps total | real-time factor | chunks per batch | denoiser share | decoder share | MFU |"
     );
@@ -52,7 +121,7 @@ pub fn run(config: &Config, seconds: f64, max_sessions: usize, past_realtime: bo
     let mut rows = Vec::new();
     let mut n = 1;
     while n <= max_sessions {
-        let row = measure(&scheduler, n, frames, fps, peak)?;
+        let row = measure(scheduler, n, frames, fps, peak)?;
         println!(
             "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} % | {:.0} % | {:.1} % |",
             row.sessions,
@@ -129,4 +198,140 @@ fn measure(scheduler: &Arc<Scheduler>, n: usize, frames: usize, fps: f64, peak: 
         decode_share: decode_us / 1e6 / wall,
         mfu: if denoise_us > 0.0 { mflop / 1e3 / (denoise_us / 1e6) / peak } else { 0.0 },
     })
+}
+
+/// One prompt switch on a session played in real time.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchRow {
+    /// Frames from the one showing when the steer came to the first frame of the new prompt.
+    pub frames_ahead: u64,
+    /// Seconds from the steer until that frame is generated with the new conditioning…
+    pub generated_s: f64,
+    /// …and until the session pushes it to its encoder (the page shows it one push→display
+    /// latency later).
+    pub pushed_s: f64,
+    /// Playback stalls during the switch.
+    pub stalls: u64,
+}
+
+/// Resident memory while sessions stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryRow {
+    pub minute: f64,
+    pub rss_mib: f64,
+    pub sessions: usize,
+    /// Frames shown by all sessions so far, and their stalls.
+    pub shown_frames: u64,
+    pub stalls: u64,
+}
+
+/// Resident set size of this process, in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    kib / 1024.0
+}
+
+/// A session of the service over a model source, watched, its frames drained as an encoder
+/// would take them; returns the session, its owner token and the index of the latest frame
+/// pushed (with `u64::MAX` before the first).
+fn watched_session(
+    scheduler: &Arc<Scheduler>,
+    settings: Settings,
+    prompt: &str,
+    seed: u64,
+) -> (Arc<Session>, OwnerToken, ViewerGuard, Arc<AtomicU64>) {
+    let source = ModelSource::new(scheduler.clone(), prompt, seed);
+    let (session, owner) = Session::start(Box::new(source), prompt, seed, settings, Vec::new());
+    let viewer = session.watch();
+    let mut output = session.take_output().expect("a new session's output");
+    let latest = Arc::new(AtomicU64::new(u64::MAX));
+    let pushed = latest.clone();
+    tokio::spawn(async move {
+        while let Some(Output::Frame(frame)) = output.recv().await {
+            pushed.store(frame.index, Ordering::SeqCst);
+        }
+    });
+    (session, owner, viewer, latest)
+}
+
+/// Waits (polling every 5 ms) until `done` holds; the seconds it took from `since`.
+async fn until(since: Instant, done: impl Fn() -> bool) -> f64 {
+    while !done() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    since.elapsed().as_secs_f64()
+}
+
+/// Prompt-switch latency: one session played in real time (the service's buffering and
+/// steering: the steer lands a little ahead of playback and rolls back the buffered chunks
+/// after it), steered `count` times, 3 s of video apart.
+pub async fn switches(scheduler: &Arc<Scheduler>, settings: Settings, count: usize) -> Result<Vec<SwitchRow>> {
+    let prompts = ["a city at night in the rain", "a desert at sunset", "snowy mountains at night", "a foggy sea"];
+    let (session, owner, _viewer, pushed) = watched_session(scheduler, settings, "green hills on a clear day", 7);
+    let fps = session.fps();
+    let shown = |frames: u64| {
+        let pushed = pushed.clone();
+        move || pushed.load(Ordering::SeqCst).wrapping_add(1) >= frames
+    };
+    until(Instant::now(), shown((3.0 * fps) as u64)).await;
+    let mut rows = Vec::new();
+    for i in 0..count {
+        let stalls = session.info().stalls;
+        let showing = session.played();
+        let steered = Instant::now();
+        let at = session.steer(owner.as_str(), prompts[i % prompts.len()], Some(0.0))?;
+        let generated_s = until(steered, || session.generated() > at).await;
+        let pushed_s = until(steered, shown(at + 1)).await;
+        rows.push(SwitchRow {
+            frames_ahead: at.saturating_sub(showing),
+            generated_s,
+            pushed_s,
+            stalls: session.info().stalls - stalls,
+        });
+        until(Instant::now(), shown(at + (3.0 * fps) as u64)).await;
+    }
+    session.close();
+    Ok(rows)
+}
+
+/// Resident memory with `sessions` sessions streaming in real time, read at each of
+/// `minutes`.
+pub async fn memory(
+    scheduler: &Arc<Scheduler>,
+    settings: Settings,
+    sessions: usize,
+    minutes: &[f64],
+) -> Result<Vec<MemoryRow>> {
+    let prompts = ["snowy mountains at night", "a desert at sunset", "a foggy morning at sea", "a city in the rain"];
+    let started = Instant::now();
+    let live: Vec<_> = (0..sessions)
+        .map(|i| watched_session(scheduler, settings.clone(), prompts[i % prompts.len()], 100 + i as u64))
+        .collect();
+    let mut rows = Vec::new();
+    for &minute in minutes {
+        let wait = std::time::Duration::from_secs_f64(minute * 60.0).saturating_sub(started.elapsed());
+        tokio::time::sleep(wait).await;
+        let infos: Vec<_> = live.iter().map(|(s, ..)| s.info()).collect();
+        let row = MemoryRow {
+            minute,
+            rss_mib: rss_mib(),
+            sessions,
+            shown_frames: infos.iter().map(|i| i.shown_frames).sum(),
+            stalls: infos.iter().map(|i| i.stalls).sum(),
+        };
+        println!(
+            "| {:.0} | {:.1} | {} | {} | {} |",
+            row.minute, row.rss_mib, row.sessions, row.shown_frames, row.stalls
+        );
+        rows.push(row);
+    }
+    for (session, ..) in &live {
+        session.close();
+    }
+    Ok(rows)
 }

@@ -43,8 +43,9 @@ enum Command {
     /// Checks the configuration and prints the settings in effect, as TOML.
     Config,
     /// Measures the model source: per-session generation rate and real-time factor for 1, 2,
-    /// 4, … concurrent sessions on one device until real time breaks; prints a table and writes
-    /// JSON. Uses the [model] settings.
+    /// 4, … concurrent sessions on one device until real time breaks, prompt-switch latency on
+    /// a session played in real time, and (when asked) resident memory over long streaming;
+    /// prints tables and writes JSON. Uses the [model] and [sessions] settings.
     Bench {
         /// Seconds of video each session generates per measurement.
         #[arg(long, default_value_t = 8.0)]
@@ -58,6 +59,16 @@ enum Command {
         /// Keep doubling the sessions after real time breaks (up to --max-sessions).
         #[arg(long)]
         past_realtime: bool,
+        /// Prompt switches to time on one session played in real time (0: none).
+        #[arg(long, default_value_t = 5)]
+        switches: usize,
+        /// Minutes of real-time streaming at which to read resident memory, e.g. 1,10,60
+        /// (none by default: it takes that long).
+        #[arg(long, value_delimiter = ',')]
+        memory_minutes: Vec<f64>,
+        /// Sessions streaming during the memory measurement.
+        #[arg(long, default_value_t = 1)]
+        memory_sessions: usize,
     },
     /// Regenerates a recording from its JSON timeline into an MP4 and checks the frames
     /// against the recording's digest (exit status 1 when they differ).
@@ -114,15 +125,25 @@ fn main() -> ExitCode {
             print!("{}", toml::to_string_pretty(&config).expect("a Config always serialises"));
             ExitCode::SUCCESS
         }
-        Command::Bench { seconds, max_sessions, json, past_realtime } => {
-            match endless_streamer::bench::run(&config, seconds, max_sessions, past_realtime) {
-                Ok(rows) => match std::fs::write(&json, serde_json::to_string_pretty(&rows).expect("rows serialise")) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: writing {}: {e}", json.display());
-                        ExitCode::FAILURE
+        Command::Bench { seconds, max_sessions, json, past_realtime, switches, memory_minutes, memory_sessions } => {
+            let options = endless_streamer::bench::BenchOptions {
+                seconds,
+                max_sessions,
+                past_realtime,
+                switches,
+                memory_minutes,
+                memory_sessions,
+            };
+            match endless_streamer::bench::run(&config, &options) {
+                Ok(report) => {
+                    match std::fs::write(&json, serde_json::to_string_pretty(&report).expect("the report serialises")) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("error: writing {}: {e}", json.display());
+                            ExitCode::FAILURE
+                        }
                     }
-                },
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

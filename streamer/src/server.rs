@@ -70,17 +70,9 @@ impl AppState {
             }
         };
         let s = &config.sessions;
-        let settings = Settings {
-            chunk_frames: s.chunk_frames.get() as usize,
-            buffer_chunks: s.buffer_chunks.get() as usize,
-            max_prompt_chars: s.max_prompt_chars.get() as usize,
-            steer_min_interval: Duration::from_millis(s.steer_min_interval_ms.get() as u64),
-            transition_secs: s.transition_secs.get() as f64,
-            ..Settings::default()
-        };
         let registry = Registry::new(
             factory,
-            settings,
+            session_settings(&config),
             s.max_sessions.get() as usize,
             Duration::from_secs(s.idle_timeout_secs.get() as u64),
         );
@@ -161,6 +153,19 @@ impl AppState {
 }
 
 /// The model source's settings from the configuration.
+/// The sessions' settings from `[sessions]`.
+pub fn session_settings(config: &Config) -> Settings {
+    let s = &config.sessions;
+    Settings {
+        chunk_frames: s.chunk_frames.get() as usize,
+        buffer_chunks: s.buffer_chunks.get() as usize,
+        max_prompt_chars: s.max_prompt_chars.get() as usize,
+        steer_min_interval: Duration::from_millis(s.steer_min_interval_ms.get() as u64),
+        transition_secs: s.transition_secs.get() as f64,
+        ..Settings::default()
+    }
+}
+
 pub fn model_settings(config: &Config) -> ModelSettings {
     use crate::config::ExtendMode as Mode;
     use endless_model::pipeline::{ExtendMode, SamplerSettings};
