@@ -10,12 +10,12 @@
 //! `k` are given clean (the last `k` latents of the stream so far) and appends the other
 //! `window − k`. A request may also give long-range anchors ([`crate::rolling`]): clean latents
 //! from much earlier, placed before the `k` with their distance ([`FramePosition::Anchor`]),
-//! so that `window − a − k` are appended. Modes ([`ExtendMode`]): *replacement* (VDM's baseline: the given frames enter
-//! only as `q(z_t | x)` samples in the noisy input), *conditioned* (also clean in the context
-//! channels with their mask, W.A.L.T's frame prediction), and conditioned plus reconstruction
-//! guidance (needs autodiff; [`crate::guidance`]). Every request in a batch draws its noise
-//! from its own counter-based stream `(seed, chunk)`, so a chunk is the same whichever other
-//! sessions share the batch.
+//! so that `window − a − k` are appended. Modes ([`ExtendMode`]): *replacement* (VDM's
+//! baseline: the given frames enter only as `q(z_t | x)` samples in the noisy input),
+//! *conditioned* (also clean in the context channels with their mask, W.A.L.T's frame
+//! prediction), and conditioned plus reconstruction guidance (needs autodiff;
+//! [`crate::guidance`]). Every request in a batch draws its noise from its own counter-based
+//! stream `(seed, chunk)`, so a chunk is the same whichever other sessions share the batch.
 //!
 //! **Decoding.** The VAE decoder is causal: [`Pipeline::decode_stream`] decodes each chunk's
 //! new latents with the stream's [`StreamState`] (the past frames of every temporal
@@ -71,6 +71,29 @@ impl PipelineSpec {
         let text = serde_json::to_string_pretty(self).expect("the spec serialises");
         std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// The pipeline folder to load for `device`: `dir` itself when it holds a pipeline
+/// (`pipeline.json`); otherwise `dir` is a folder of tiers and the device picks one — `gpu/`
+/// on a CUDA device, `cpu/` on the CPU — falling back to the other tier when that one is
+/// missing (a GPU runs the cpu tier fine; the gpu tier on a CPU is far from real time, but it
+/// is what there is).
+///
+/// # Errors
+/// When neither `dir` nor a tier in it holds a pipeline.
+pub fn tier_dir(dir: &Path, device: crate::device::Resolved) -> Result<std::path::PathBuf> {
+    if dir.join(SPEC_FILE).exists() {
+        return Ok(dir.to_path_buf());
+    }
+    let order = match device {
+        crate::device::Resolved::Cuda => ["gpu", "cpu"],
+        crate::device::Resolved::Cpu => ["cpu", "gpu"],
+    };
+    order
+        .iter()
+        .map(|tier| dir.join(tier))
+        .find(|d| d.join(SPEC_FILE).exists())
+        .with_context(|| format!("{} holds no pipeline ({SPEC_FILE}), nor a cpu/ or gpu/ tier with one", dir.display()))
 }
 
 /// How a chunk uses the frames before it.
@@ -321,9 +344,10 @@ impl<B: Backend> Pipeline<B> {
                 .map(|(r, &k)| {
                     let parts: Vec<Tensor<B, 4>> =
                         r.anchors.iter().map(|a| a.latents.clone()).chain(r.context.iter().cloned()).collect();
-                    match parts.is_empty() {
-                        true => Tensor::zeros([c, t, h, w], &device),
-                        false => Tensor::cat([parts, vec![Tensor::zeros([c, t - k, h, w], &device)]].concat(), 1),
+                    if parts.is_empty() {
+                        Tensor::zeros([c, t, h, w], &device)
+                    } else {
+                        Tensor::cat([parts, vec![Tensor::zeros([c, t - k, h, w], &device)]].concat(), 1)
                     }
                 })
                 .collect(),
@@ -444,4 +468,30 @@ fn reconstruction_gradient<B: Backend>(
         .mask_fill(Tensor::from_inner(given.clone()).bool_not(), 0.0);
     let grads = error.square().sum().backward();
     z_ad.grad(&grads).expect("z requires its gradient")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Resolved;
+
+    #[test]
+    fn the_device_picks_the_tier() {
+        let root = std::env::temp_dir().join(format!("endless-tiers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let spec = |dir: &Path| {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(SPEC_FILE), "{}").unwrap();
+        };
+        assert!(tier_dir(&root, Resolved::Cpu).is_err(), "nothing there yet");
+        spec(&root.join("cpu"));
+        assert_eq!(tier_dir(&root, Resolved::Cpu).unwrap(), root.join("cpu"));
+        assert_eq!(tier_dir(&root, Resolved::Cuda).unwrap(), root.join("cpu"), "no gpu tier: the cpu one");
+        spec(&root.join("gpu"));
+        assert_eq!(tier_dir(&root, Resolved::Cuda).unwrap(), root.join("gpu"));
+        assert_eq!(tier_dir(&root, Resolved::Cpu).unwrap(), root.join("cpu"));
+        // A pipeline folder is used as it is, whatever the device.
+        assert_eq!(tier_dir(&root.join("gpu"), Resolved::Cpu).unwrap(), root.join("gpu"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

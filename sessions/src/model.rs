@@ -45,7 +45,8 @@ use std::time::Instant;
 /// How the model streams, from the service configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelSettings {
-    /// The pipeline folder (what `endless-model train` writes).
+    /// The pipeline folder (what `endless-model train` writes), or a folder of tiers (`cpu/`,
+    /// `gpu/`) of which the device picks one ([`endless_model::pipeline::tier_dir`]).
     pub dir: PathBuf,
     /// The all-MiniLM-L6-v2 folder.
     pub text_dir: PathBuf,
@@ -183,6 +184,9 @@ impl Scheduler {
     /// When the device, the pipeline or the text encoder cannot be loaded.
     pub fn start(settings: ModelSettings) -> Result<Arc<Scheduler>, String> {
         let device = resolve(settings.device)?;
+        // A folder of tiers: the one for this device.
+        let dir = endless_model::pipeline::tier_dir(&settings.dir, device).map_err(|e| format!("{e:#}"))?;
+        let settings = ModelSettings { dir, ..settings };
         let text = TextEncoder::<burn::backend::Flex>::load(&settings.text_dir, &Default::default())
             .map_err(|e| format!("loading the text encoder from {}: {e}", settings.text_dir.display()))?;
         let stats = Arc::new(SchedulerStats::default());

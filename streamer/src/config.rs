@@ -164,7 +164,8 @@ pub enum ExtendMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Model {
-    /// Pipeline folder (what `endless-model train` writes); its size and fps are the streams'.
+    /// Pipeline folder (what `endless-model train` writes), or a folder of tiers (`cpu/`,
+    /// `gpu/`) of which the device picks one; the pipeline's size and fps are the streams'.
     pub dir: PathBuf,
     /// all-MiniLM-L6-v2 folder; empty: $ENDLESS_MINILM_DIR or ~/.cache/endless/minilm.
     pub text_dir: PathBuf,
@@ -196,7 +197,7 @@ pub struct Model {
 impl Default for Model {
     fn default() -> Self {
         Model {
-            dir: PathBuf::from("models/cpu"),
+            dir: PathBuf::from("models"),
             text_dir: PathBuf::new(),
             device: endless_model::device::DeviceKind::Auto,
             steps: Bounded(8),
