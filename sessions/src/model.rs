@@ -114,6 +114,9 @@ struct Job {
     prompt_epoch: u64,
     /// When the session's buffer runs dry; `None`: no deadline (full steps).
     due: Option<Instant>,
+    /// Steps this chunk must get (a replay of a chunk that was made under overload): it is
+    /// then batched alone.
+    steps: Option<usize>,
     reply: mpsc::SyncSender<Result<ChunkOut, String>>,
 }
 
@@ -327,12 +330,28 @@ fn run<B: Backend>(
         }
         // Earliest deadline first; chunks without one after every chunk with one.
         pending.sort_by_key(|j| (j.due.is_none(), j.due));
-        let batch: Vec<Job> = pending.drain(..pending.len().min(settings.max_batch.max(1))).collect();
+        // A chunk with its steps given goes alone; the others share the batch's steps.
+        let batch: Vec<Job> = if pending[0].steps.is_some() {
+            vec![pending.remove(0)]
+        } else {
+            let (mut taken, mut kept) = (Vec::new(), Vec::new());
+            for job in pending.drain(..) {
+                if job.steps.is_none() && taken.len() < settings.max_batch.max(1) {
+                    taken.push(job);
+                } else {
+                    kept.push(job);
+                }
+            }
+            pending = kept;
+            taken
+        };
         let b = batch.len() as f64;
         // Deadline-aware steps: the most urgent chunk must be ready when its buffer runs dry.
         let full = settings.sampler.steps.max(1);
         let slack = batch[0].due.map(|due| due.saturating_duration_since(Instant::now()).as_secs_f64());
-        let steps = if let Some(slack) = slack
+        let steps = if let Some(forced) = batch[0].steps {
+            forced.clamp(1, full)
+        } else if let Some(slack) = slack
             && step_secs > 0.0
             && b * (full as f64 * step_secs + decode_secs) > slack
         {
@@ -461,6 +480,13 @@ pub struct ModelSource {
     due: Option<Instant>,
     last_steps: usize,
     last_anchors: usize,
+    /// `(chunk, steps)`: from that chunk on, chunks got these steps (until the next entry;
+    /// before the first, full steps). Changes only, so it stays short unless the device is
+    /// overloaded on and off; a recording's timeline carries it, so a replay gives every chunk
+    /// the steps it got.
+    steps_log: Vec<(u64, usize)>,
+    /// The steps log of the stream being replayed: its chunks get exactly those steps.
+    replaying: Option<Vec<(u64, usize)>>,
     /// Where a steer can roll generation back to: the state before each of the last
     /// [`SNAPSHOTS`] chunks.
     starts: VecDeque<ChunkStart>,
@@ -498,6 +524,8 @@ impl ModelSource {
             due: None,
             last_steps: 0,
             last_anchors: 0,
+            steps_log: Vec::new(),
+            replaying: None,
             starts: VecDeque::new(),
         }
     }
@@ -565,12 +593,17 @@ impl ModelSource {
             text,
             prompt_epoch: self.prompt_epoch,
             due: self.due,
+            steps: self.replaying.as_ref().map(|log| steps_of(log, self.chunk, self.scheduler.settings.sampler.steps)),
             reply,
         }))?;
         let out = answer
             .recv()
             .map_err(|_| SourceError::Failed("the model worker dropped the chunk".into()))?
             .map_err(SourceError::Failed)?;
+        let full = self.scheduler.settings.sampler.steps;
+        if steps_of(&self.steps_log, self.chunk, full) != out.steps {
+            self.steps_log.push((self.chunk, out.steps));
+        }
         self.head += out.frames.len() as u64;
         self.chunk += 1;
         self.last_steps = out.steps;
@@ -583,6 +616,11 @@ impl ModelSource {
         }
         Ok(())
     }
+}
+
+/// The steps chunk `chunk` got according to `log` (see [`ModelSource`]'s `steps_log`).
+fn steps_of(log: &[(u64, usize)], chunk: u64, full: usize) -> usize {
+    log.iter().rev().find(|&&(from, _)| from <= chunk).map_or(full, |&(_, steps)| steps)
 }
 
 /// `from` blended towards `to` by `w`: the pooled embedding interpolated and renormalised, the
@@ -650,6 +688,7 @@ impl FrameSource for ModelSource {
                 let ChunkStart { chunk, head: start, prompt, blend, prompt_epoch } = self.starts[i].clone();
                 self.starts.truncate(i);
                 self.scheduler.send(Command::Rewind { key: self.key, chunk })?;
+                self.steps_log.retain(|&(from, _)| from < chunk);
                 (self.chunk, self.head, self.prompt, self.blend) = (chunk, start, prompt, blend);
                 self.prompt_epoch = prompt_epoch;
                 // Frames from `start` on are regenerated: forget them.
@@ -709,6 +748,8 @@ impl FrameSource for ModelSource {
             due: self.due,
             last_steps: self.last_steps,
             last_anchors: self.last_anchors,
+            steps_log: self.steps_log.clone(),
+            replaying: self.replaying.clone(),
             starts: self.starts.clone(),
         })
     }
@@ -724,6 +765,7 @@ impl FrameSource for ModelSource {
             "context_frames": self.scheduler.settings.context_frames,
             "anchors": self.scheduler.settings.anchors,
             "anchor_every": self.scheduler.settings.anchor_every,
+            "steps_log": self.steps_log,
             "ema": self.scheduler.settings.ema,
         })
     }
@@ -760,7 +802,8 @@ impl crate::registry::SourceFactory for ModelFactory {
 
 /// A fresh model source as `description` (what [`FrameSource::describe`] wrote into a
 /// recording's timeline) says, for a replay: the same pipeline, sampler and seed, on its own
-/// worker at full steps (no overload), so the stream is regenerated exactly.
+/// worker, every chunk with the steps it got (full steps but where the recorded stream's
+/// device was overloaded), so the stream is regenerated exactly.
 pub fn replay_source(
     description: &serde_json::Value,
     prompt: &str,
@@ -776,6 +819,11 @@ pub fn replay_source(
     let anchor_every = description.get("anchor_every").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
     let seed = field("seed")?.as_u64().ok_or("seed is not a number")?;
     let ema = description.get("ema").and_then(|v| v.as_bool()).unwrap_or(true);
+    // Chunks made with fewer steps under overload get those steps again.
+    let steps_log: Vec<(u64, usize)> = match description.get("steps_log") {
+        Some(log) => serde_json::from_value(log.clone()).map_err(|e| format!("steps_log: {e}"))?,
+        None => Vec::new(),
+    };
     let scheduler = Scheduler::start(ModelSettings {
         dir,
         text_dir,
@@ -789,5 +837,7 @@ pub fn replay_source(
         ema,
         history_frames: 0,
     })?;
-    Ok(ModelSource::new(scheduler, prompt, seed))
+    let mut source = ModelSource::new(scheduler, prompt, seed);
+    source.replaying = Some(steps_log);
+    Ok(source)
 }

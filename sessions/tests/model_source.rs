@@ -141,19 +141,33 @@ fn forks_continue_exactly_and_diverge_only_when_steered_apart() {
 }
 
 #[test]
-fn under_overload_chunks_get_fewer_steps_and_say_so() {
+fn under_overload_chunks_get_fewer_steps_and_say_so_and_replay_exactly() {
     let Some(s) = scheduler(4) else { return };
     let mut source = ModelSource::new(s.clone(), "rain over the hills", 2);
-    run(&mut source, 3, 4); // no deadline: full steps, and the worker learns its speed
+    let mut frames = run(&mut source, 3, 4); // no deadline: full steps, and the worker learns its speed
     assert_eq!(source.stats()["steps"], 3);
     assert_eq!(s.stats.reduced_chunks.load(Ordering::SeqCst), 0);
     for _ in 0..3 {
         // The buffer is already dry: every chunk is late at full steps.
         source.set_due(std::time::Instant::now());
-        source.next_chunk(4).unwrap();
+        frames.extend(source.next_chunk(4).unwrap());
     }
     assert_eq!(source.stats()["steps"], 1, "a chunk already late gets the fewest steps");
     assert!(s.stats.reduced_chunks.load(Ordering::SeqCst) >= 1);
+    source.set_due(std::time::Instant::now() + std::time::Duration::from_secs(3600));
+    frames.extend(run(&mut source, 2, 4)); // plenty of time again: full steps
+    assert_eq!(source.stats()["steps"], 3);
+
+    // The recording's description says which chunks got fewer steps; a replay gives them
+    // those steps again, and so the same frames — which a replay at full steps does not.
+    let description = source.describe();
+    assert!(!description["steps_log"].as_array().unwrap().is_empty(), "{description}");
+    let mut replay =
+        endless_sessions::replay_source(&description, "rain over the hills", dir_for_tests().unwrap(), DeviceKind::Cpu)
+            .expect("the replay source starts");
+    assert!(run(&mut replay, 8, 4) == frames, "the replay differs from the stream made under overload");
+    let mut full = ModelSource::new(s.clone(), "rain over the hills", 2);
+    assert!(run(&mut full, 8, 4) != frames, "fewer steps changed nothing");
 }
 
 /// A steer into frames already generated (and even returned) rolls generation back to the

@@ -174,6 +174,12 @@ impl Recorder {
         }
     }
 
+    /// Replaces the source's description in the timeline (written when the recording is
+    /// finished).
+    pub fn note_source(&mut self, source: serde_json::Value) {
+        self.timeline.source = source;
+    }
+
     /// Notes the hash of a raw frame going into the encoder (before its access unit comes).
     pub fn note_frame(&mut self, index: u64, hash: u64) {
         self.hashes.push_back((index, hash));

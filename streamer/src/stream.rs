@@ -249,7 +249,15 @@ impl SessionStream {
         let recorder = lock(&self.shared.recorder).take()?;
         self.session.set_recording(false);
         let grace = self.grace;
-        let result = tokio::task::spawn_blocking(move || recorder.finish(grace)).await;
+        let session = self.session.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // The source's description as it ends (a model source's steps per chunk under
+            // overload, say), under the source's lock: off the runtime's threads.
+            let mut recorder = recorder;
+            recorder.note_source(session.describe_source());
+            recorder.finish(grace)
+        })
+        .await;
         let name = match result {
             Ok(Ok(name)) => {
                 tracing::info!(session = %self.session.id, recording = %name, "recording finalised");
