@@ -10,12 +10,13 @@
 //! The worker owns everything that lives on the device: the pipeline and, per stream, the rolling
 //! latent context ([`RollingContext`]: `context_frames` latents, `anchors` of them long-range
 //! anchors once the stream has some — bounded, whatever the stream's length) and the VAE
-//! decoder's causal state. A steer starts a new prompt epoch: the old prompt's anchors go. Sessions only hold a key. Each loop the worker takes every
-//! pending job (up to `max_batch`), earliest deadline first — the deadline is when the session's
-//! buffer runs dry — and denoises them as one batch; if the batch would finish after the most
-//! urgent deadline at full steps, it lowers the steps (not below `min_steps`) so that no stream
-//! stalls, and the chunk reports the steps it got. Noise is drawn per stream and chunk, so a
-//! chunk is the same whatever shares its batch.
+//! decoder's causal state. A steer starts a new prompt epoch: the old prompt's anchors go.
+//! Sessions only hold a key. Each loop the worker takes every pending job (up to `max_batch`),
+//! earliest deadline first — the deadline is when the session's buffer runs dry — and denoises
+//! them as one batch; if the batch would finish after the most urgent deadline at full steps,
+//! it lowers the steps (not below `min_steps`) so that no stream stalls, and the chunk reports
+//! the steps it got. Noise is drawn per stream and chunk, so a chunk is the same whatever
+//! shares its batch.
 //!
 //! **Steering** takes effect at the first chunk boundary at or after the steer's frame. When
 //! that chunk was already generated (it sits in a buffer), generation rolls back to it: the
