@@ -9,6 +9,9 @@
 //! - **Prompt switches**: one session of the service (its buffer, its pacer, its steering)
 //!   played in real time and steered: seconds from the steer to the first frame generated
 //!   with the new prompt, and to that frame leaving the session for the encoder.
+//! - **Encoding**: the service's H.264 encoder (x264, the `[encoder]` settings) on a stream's
+//!   frames as fast as it goes: seconds of encoding per second of video, and the bitrate every
+//!   viewer's connection carries.
 //! - **Memory**: sessions streaming in real time for an hour (or as long as asked), the
 //!   process's resident memory at given minutes.
 
@@ -57,12 +60,24 @@ pub struct BenchOptions {
     pub memory_sessions: usize,
 }
 
+/// The encoder on a stream's frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncodeRow {
+    pub frames: usize,
+    /// Wall seconds to encode them ÷ their seconds of video: the share of one stream's real
+    /// time that encoding takes (GStreamer's threads, beside the model's).
+    pub share_of_realtime: f64,
+    /// H.264 bitrate, kbit/s: what each viewer's WebSocket carries.
+    pub kbps: f64,
+}
+
 /// Everything `endless bench` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub device: String,
     pub peak_gflops: f64,
     pub sessions: Vec<Row>,
+    pub encoding: Option<EncodeRow>,
     pub switches: Vec<SwitchRow>,
     pub memory: Vec<MemoryRow>,
 }
@@ -74,6 +89,14 @@ pub fn run(config: &Config, o: &BenchOptions) -> Result<BenchReport> {
     let peak = endless_model::device::peak_gflops(scheduler.device);
     println!("device {:?}: peak {peak:.0} GFLOP/s (f32 matmul)\n", scheduler.device);
     let sessions = sessions_table(&scheduler, peak, o)?;
+    let encoding = encoding(config, &scheduler, o.seconds)?;
+    println!(
+        "\nencoding ({} frames of one stream, x264 {:?}): {:.1} % of real time, {:.0} kbit/s per viewer",
+        encoding.frames,
+        config.encoder.speed_preset,
+        100.0 * encoding.share_of_realtime,
+        encoding.kbps
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     let settings = crate::server::session_settings(config);
     let mut switches = Vec::new();
@@ -100,6 +123,7 @@ pub fn run(config: &Config, o: &BenchOptions) -> Result<BenchReport> {
         device: format!("{:?}", scheduler.device).to_lowercase(),
         peak_gflops: peak,
         sessions,
+        encoding: Some(encoding),
         switches,
         memory,
     })
@@ -223,6 +247,40 @@ pub struct MemoryRow {
     /// Frames shown by all sessions so far, and their stalls.
     pub shown_frames: u64,
     pub stalls: u64,
+}
+
+/// `seconds` of one model stream through the service's encoder, pushed as fast as it takes
+/// them; timed from the first frame in to the last access unit out.
+fn encoding(config: &Config, scheduler: &Arc<Scheduler>, seconds: f64) -> Result<EncodeRow> {
+    use crate::encoder::{Encoder, Packet};
+    use crate::protocol::Track;
+    let fps = scheduler.spec.fps;
+    let n = (seconds * fps).ceil().max(1.0) as usize;
+    let frames = ModelSource::new(scheduler.clone(), "a city in the rain", 3).next_chunk(n)?;
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let size = scheduler.size();
+    let encoder = Encoder::start(size, fps, &config.encoder, move |p: Packet| {
+        if p.track == Track::H264 {
+            let _ = tx.send(p.data.len());
+        }
+    })?;
+    let started = Instant::now();
+    let frame_ns = (1e9 / fps) as u64;
+    for (i, rgb) in frames.iter().enumerate() {
+        encoder.push(rgb, i as u64 * frame_ns, frame_ns)?;
+    }
+    let mut bytes = 0;
+    for _ in 0..n {
+        bytes += rx.recv_timeout(std::time::Duration::from_secs(30))?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    encoder.stop();
+    let video_seconds = n as f64 / fps;
+    Ok(EncodeRow {
+        frames: n,
+        share_of_realtime: elapsed / video_seconds,
+        kbps: bytes as f64 * 8.0 / 1e3 / video_seconds,
+    })
 }
 
 /// Resident set size of this process, in MiB.
