@@ -115,10 +115,6 @@ impl<B: Backend> RollingContext<B> {
         RollingContext { layout, recent: None, candidates: VecDeque::new(), made: 0, prompt_epoch: 0 }
     }
 
-    pub fn layout(&self) -> ContextLayout {
-        self.layout
-    }
-
     /// Latent frames of the stream so far.
     pub fn made(&self) -> u64 {
         self.made
