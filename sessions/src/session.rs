@@ -1,17 +1,22 @@
-//! A live session: a frame source generating ahead of playback into a bounded buffer, and a
-//! playout clock that releases frames in real time to whoever encodes them.
+//! A live session: a frame source generating ahead of playback into a buffer, and a playout
+//! clock that releases frames in real time to whoever encodes them.
 //!
 //! ```text
-//!  generator thread ──chunks──▶ [bounded: buffer_chunks] ──▶ pacer task ──frames──▶ output
-//!  (FrameSource under a lock)                                 (real-time clock)      (encoder)
+//!  generator thread ──chunks──▶ [Buffer: frames ahead < buffer_chunks × chunk] ──▶ pacer task ──frames──▶ output
+//!  (FrameSource under a lock)                                                      (real-time clock)      (encoder)
 //! ```
 //!
-//! Generation stops when the buffer is full; playback stops while paused or while nobody
-//! watches or records, and with it generation. A steer changes the source from a frame just
-//! ahead of playback — far enough ahead that the chunk there can be made in time (1.25 times
-//! the recent time of a chunk) — and, when the source can rewind, throws away the
-//! buffered frames after it, so the new prompt shows within about a chunk's generation time
-//! (and the chunk in flight) rather than after the buffer.
+//! Generation waits while `buffer_chunks` chunks' worth of frames are ahead of playback;
+//! playback stops while paused or while nobody watches or records, and with it generation. A
+//! steer changes the source from a frame just ahead of playback — far enough ahead that the
+//! chunk there can be made in time ([`STEER_MARGIN`] times the recent time of a chunk) — and, when the
+//! source can rewind, throws away the buffered frames after it, so the new prompt shows within
+//! about a chunk's generation time (and the chunk in flight) rather than after the buffer.
+//!
+//! The backpressure counts the frames still valid, not queued chunks: a rewind frees the
+//! buffer at once, so the steer's chunk starts as soon as the chunk in flight is done. (Counted
+//! in chunk slots, the generator could sit on a chunk the rewind had made useless, waiting for
+//! playback to free a slot, and start the steer's chunk too late: a stall.)
 //!
 //! The source's lock is held for a whole chunk (a model source waits for its device), so the
 //! pacer never takes it: which buffered frames a rewind threw away is kept apart
@@ -25,10 +30,15 @@ use endless_model::media::Size;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// A steer lands this many recent chunk-times ahead of playback, so that its chunk is ready
+/// in time. With 1.25 the margin was a quarter of a chunk-time (0.1 s for a 0.4 s chunk), and
+/// a loaded machine's jitter ate it: a stall now and then after a steer.
+pub const STEER_MARGIN: f64 = 1.5;
 
 /// Per-session limits and sizes, from the service configuration.
 #[derive(Debug, Clone)]
@@ -122,6 +132,42 @@ struct Chunk {
     frames: Vec<Vec<u8>>,
 }
 
+/// The chunks made and not yet taken by the pacer, in order; a rewind cuts the frames it threw
+/// away out of them, so what is queued never exceeds the frames ahead of playback.
+#[derive(Default)]
+struct Buffer {
+    queue: Mutex<VecDeque<Result<Chunk, String>>>,
+    /// Wakes the pacer when a chunk (or the failure) is queued.
+    ready: Notify,
+    /// Set when the pacer has ended: the generator stops.
+    pacer_gone: AtomicBool,
+}
+
+impl Buffer {
+    fn push(&self, chunk: Result<Chunk, String>) {
+        lock(&self.queue).push_back(chunk);
+        self.ready.notify_one();
+    }
+
+    /// Drops the queued frames from `end` on (a rewind to `end`).
+    fn cut(&self, end: u64) {
+        let mut queue = lock(&self.queue);
+        for chunk in queue.iter_mut().flatten() {
+            chunk.frames.truncate(end.saturating_sub(chunk.first) as usize);
+        }
+        queue.retain(|c| c.as_ref().map_or(true, |c| !c.frames.is_empty()));
+    }
+
+    async fn pop(&self) -> Result<Chunk, String> {
+        loop {
+            if let Some(chunk) = lock(&self.queue).pop_front() {
+                return chunk;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// Counters shared by the tasks of a session.
 #[derive(Default)]
 struct Counters {
@@ -140,6 +186,17 @@ struct Counters {
     generate_frames: AtomicU64,
     /// Nanoseconds per frame of the last chunks (a running mean), for the steer's lead.
     recent_frame_ns: AtomicU64,
+    /// Signalled when `played` or `generated` moves, or the session closes: the generator
+    /// waits on it for room ahead of playback.
+    progress_lock: Mutex<()>,
+    progress: Condvar,
+}
+
+impl Counters {
+    fn notify_progress(&self) {
+        let _guard = lock(&self.progress_lock);
+        self.progress.notify_all();
+    }
 }
 
 /// A snapshot of a session for lists and stats.
@@ -180,6 +237,7 @@ pub struct Session {
     pub created_at: SystemTime,
     control: Arc<Mutex<Control>>,
     epochs: Arc<Mutex<Epochs>>,
+    buffer: Arc<Buffer>,
     counters: Arc<Counters>,
     /// Wakes the pacer when pause, viewers or recording change.
     wake: watch::Sender<()>,
@@ -216,7 +274,8 @@ impl Session {
         let counters = Arc::new(Counters::default());
         counters.played.store(first, Ordering::SeqCst);
         counters.generated.store(first, Ordering::SeqCst);
-        let (chunks_tx, chunks_rx) = mpsc::channel(settings.buffer_chunks.max(1));
+        let ahead =
+            (settings.buffer_chunks.max(1) * source.chunk_hint().unwrap_or(settings.chunk_frames).max(1)) as u64;
         let (out_tx, out_rx) = mpsc::channel(settings.chunk_frames.max(2));
         let (wake, wake_rx) = watch::channel(());
         let session = Arc::new(Session {
@@ -230,6 +289,7 @@ impl Session {
             created_at: SystemTime::now(),
             control: Arc::new(Mutex::new(Control { source })),
             epochs: Arc::new(Mutex::new(Epochs::default())),
+            buffer: Arc::new(Buffer::default()),
             counters,
             wake,
             cancel: CancellationToken::new(),
@@ -243,24 +303,27 @@ impl Session {
         let generator = Generator {
             control: session.control.clone(),
             epochs: session.epochs.clone(),
+            buffer: session.buffer.clone(),
             counters: session.counters.clone(),
             source_stats: session.source_stats.clone(),
             n: session.settings.chunk_frames,
+            ahead,
             fps,
         };
         std::thread::Builder::new()
             .name(format!("gen-{}", &session.id.as_str()[..8]))
-            .spawn(move || generator.run(chunks_tx))
+            .spawn(move || generator.run())
             .expect("the OS can start a generator thread");
         let pacer = Pacer {
             epochs: session.epochs.clone(),
+            buffer: session.buffer.clone(),
             counters: session.counters.clone(),
             size,
             fps,
             wake: wake_rx,
             cancel: session.cancel.clone(),
         };
-        tokio::spawn(pacer.run(chunks_rx, out_tx));
+        tokio::spawn(pacer.run(out_tx));
         (session, owner)
     }
 
@@ -349,7 +412,11 @@ impl Session {
                 e.ends.pop_front();
             }
             e.current += 1;
+            // `end` is the steer's frame: what was generated from there on is thrown away.
+            self.buffer.cut(end);
             self.counters.generated.store(end, Ordering::SeqCst);
+            drop(e);
+            self.counters.notify_progress();
         }
         drop(c);
         *lock(&self.prompt) = prompt.to_string();
@@ -358,13 +425,13 @@ impl Session {
     }
 
     /// Frames between playback and a steer (taken once the chunk in flight is done): the
-    /// configured lead, or 1.25 times the recent time of a chunk of `chunk` frames (`None`: the
+    /// configured lead, or [`STEER_MARGIN`] times the recent time of a chunk of `chunk` frames (`None`: the
     /// session's) when that is longer, so that the steer's chunk is ready before playback
     /// gets there.
     fn steer_lead(&self, chunk: Option<usize>) -> u64 {
         let frame_ns = self.counters.recent_frame_ns.load(Ordering::SeqCst) as f64;
         let chunk_secs = frame_ns / 1e9 * chunk.unwrap_or(self.settings.chunk_frames) as f64;
-        (self.fps * self.settings.steer_lead_secs.max(1.25 * chunk_secs)).ceil() as u64
+        (self.fps * self.settings.steer_lead_secs.max(STEER_MARGIN * chunk_secs)).ceil() as u64
     }
 
     /// Pauses or resumes playback (and so generation).
@@ -411,6 +478,7 @@ impl Session {
     pub fn close(&self) {
         self.counters.closed.store(true, Ordering::SeqCst);
         self.cancel.cancel();
+        self.counters.notify_progress();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -471,21 +539,24 @@ impl Drop for ViewerGuard {
 struct Generator {
     control: Arc<Mutex<Control>>,
     epochs: Arc<Mutex<Epochs>>,
+    buffer: Arc<Buffer>,
     counters: Arc<Counters>,
     source_stats: Arc<Mutex<serde_json::Value>>,
     /// Frames per chunk, unless the source has its own size.
     n: usize,
+    /// Generation waits while this many frames are ahead of playback.
+    ahead: u64,
     fps: f64,
 }
 
 impl Generator {
-    /// Chunk after chunk into the bounded buffer, until the session ends or the source fails
-    /// (the failure travels behind the frames before it).
-    fn run(self, chunks: mpsc::Sender<Result<Chunk, String>>) {
+    /// Chunk after chunk into the buffer, while there is room ahead of playback, until the
+    /// session ends or the source fails (the failure travels behind the frames before it).
+    fn run(self) {
         let counters = &self.counters;
-        loop {
+        while self.wait_for_room() {
             let started = Instant::now();
-            let chunk = {
+            let (epoch, mut chunk) = {
                 let mut c = lock(&self.control);
                 let (epoch, first) = (lock(&self.epochs).current, c.source.next_frame());
                 let n = c.source.chunk_hint().unwrap_or(self.n);
@@ -495,10 +566,10 @@ impl Generator {
                 let result = c.source.next_chunk(n);
                 *lock(&self.source_stats) = c.source.stats();
                 match result {
-                    Ok(frames) => Chunk { epoch, first, frames },
+                    Ok(frames) => (epoch, Chunk { epoch, first, frames }),
                     Err(e) => {
                         tracing::error!(cause = %e, "generation failed");
-                        let _ = chunks.blocking_send(Err(e.to_string()));
+                        self.buffer.push(Err(e.to_string()));
                         return;
                     }
                 }
@@ -511,10 +582,41 @@ impl Generator {
             counters.recent_frame_ns.store(mixed, Ordering::SeqCst);
             counters.generate_ns.fetch_add(ns, Ordering::SeqCst);
             counters.generate_frames.fetch_add(n, Ordering::SeqCst);
-            counters.generated.fetch_max(chunk.first + n, Ordering::SeqCst);
-            if chunks.blocking_send(Ok(chunk)).is_err() {
-                return; // the pacer is gone: the session ended
+            // Under the epochs' lock, so that a steer's rewind either comes before (and this
+            // chunk is cut here) or after (and it cuts the queued chunk).
+            let e = lock(&self.epochs);
+            if epoch != e.current {
+                // A steer rewound while this chunk was made: keep the frames before its end.
+                let end = e.ends.iter().find(|(old, _)| *old == epoch).map_or(0, |(_, end)| *end);
+                chunk.frames.truncate(end.saturating_sub(chunk.first) as usize);
+            } else {
+                counters.generated.fetch_max(chunk.first + n, Ordering::SeqCst);
             }
+            if !chunk.frames.is_empty() {
+                self.buffer.push(Ok(chunk));
+            }
+        }
+    }
+
+    /// Waits until fewer than `ahead` frames are generated ahead of playback; false once the
+    /// session has ended.
+    fn wait_for_room(&self) -> bool {
+        let c = &self.counters;
+        let mut guard = lock(&c.progress_lock);
+        loop {
+            if c.closed.load(Ordering::SeqCst) || self.buffer.pacer_gone.load(Ordering::SeqCst) {
+                return false;
+            }
+            let ahead = c.generated.load(Ordering::SeqCst).saturating_sub(c.played.load(Ordering::SeqCst));
+            if ahead < self.ahead {
+                return true;
+            }
+            // The timeout only bounds a missed wake-up; progress is signalled.
+            guard = c
+                .progress
+                .wait_timeout(guard, Duration::from_millis(250))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
     }
 }
@@ -522,6 +624,7 @@ impl Generator {
 /// The playout clock.
 struct Pacer {
     epochs: Arc<Mutex<Epochs>>,
+    buffer: Arc<Buffer>,
     counters: Arc<Counters>,
     size: Size,
     fps: f64,
@@ -535,22 +638,29 @@ impl Pacer {
         !c.paused.load(Ordering::SeqCst) && (c.viewers.load(Ordering::SeqCst) > 0 || c.recording.load(Ordering::SeqCst))
     }
 
-    async fn run(mut self, mut chunks: mpsc::Receiver<Result<Chunk, String>>, out: mpsc::Sender<Output>) {
+    async fn run(self, out: mpsc::Sender<Output>) {
+        let (buffer, counters) = (self.buffer.clone(), self.counters.clone());
+        self.play(out).await;
+        // The generator stops once nobody plays what it makes.
+        buffer.pacer_gone.store(true, Ordering::SeqCst);
+        counters.notify_progress();
+    }
+
+    async fn play(mut self, out: mpsc::Sender<Output>) {
         let frame_time = Duration::from_secs_f64(1.0 / self.fps);
         // (instant, frame index) the clock counts from; reset after every pause or stall.
         let mut clock: Option<(Instant, u64)> = None;
         loop {
             let chunk = tokio::select! {
-                c = chunks.recv() => c,
+                c = self.buffer.pop() => c,
                 _ = self.cancel.cancelled() => return,
             };
             let chunk = match chunk {
-                Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => {
+                Ok(chunk) => chunk,
+                Err(e) => {
                     let _ = out.send(Output::Failed(e)).await;
                     return;
                 }
-                None => return,
             };
             for (i, rgb) in chunk.frames.into_iter().enumerate() {
                 let index = chunk.first + i as u64;
@@ -588,6 +698,7 @@ impl Pacer {
                 // Counted as shown before it is handed over, so whoever receives frame n sees
                 // `played` past it.
                 self.counters.played.store(index + 1, Ordering::SeqCst);
+                self.counters.notify_progress();
                 tokio::select! {
                     r = out.send(Output::Frame(frame)) => if r.is_err() { return },
                     _ = self.cancel.cancelled() => return,
