@@ -13,7 +13,7 @@ const wantFmp4 = params.get('codec') === 'fmp4';
 
 /** Live numbers, read by the automated browser test; updated in place. */
 const stats = {
-  shownFps: 0, generatedFps: 0, latencyMs: null, framesDrawn: 0, viewers: 0, bufferedFrames: 0,
+  shownFps: 0, generatedFps: 0, latencyMs: null, switchMs: null, switches: 0, framesDrawn: 0, viewers: 0, bufferedFrames: 0,
   codec: null, prompt: '',
   session: null, owner: false, connected: false, mode: null, codecString: null, width: 0, height: 0, fps: 0,
   queuedFrames: 0, bufferSeconds: 0, stalls: 0, paused: false, recording: false, clockOffsetMs: 0, rttMs: null,
@@ -30,6 +30,8 @@ const state = {
   /** push→display latencies of the last 60 frames (ms) */
   latencies: [],
   caption: '', pendingCaption: null,
+  /** This page's last steer: when it was sent and, once acknowledged, its first frame's PTS. */
+  steerSent: null,
 };
 
 // ---- helpers
@@ -345,6 +347,7 @@ function onPrompt(m) {
   // Change the caption when the first frame made with the prompt is shown (or soon anyway).
   const ptsUs = typeof m.frame === 'number' ? (m.frame * 1e6) / state.fps : 0;
   state.pendingCaption = { text: m.prompt, ptsUs, deadline: performance.now() + 3000 };
+  if (state.steerSent && state.steerSent.ptsUs === null) state.steerSent.ptsUs = ptsUs;
 }
 
 function onStats(m) {
@@ -443,6 +446,13 @@ function onFrameShown(ptsUs, pushUs, atMs) {
   }
   const pc = state.pendingCaption;
   if (pc && ptsUs >= pc.ptsUs) setCaption(pc.text);
+  // Steer → shown: from the click to the first frame made with the new prompt on screen.
+  const sent = state.steerSent;
+  if (sent && sent.ptsUs !== null && ptsUs >= sent.ptsUs) {
+    stats.switchMs = Math.round(atMs - sent.atMs);
+    stats.switches += 1;
+    state.steerSent = null;
+  }
 }
 
 /** Refreshes the stats panel and window.endlessStats (4 times a second). */
@@ -560,6 +570,7 @@ function steer() {
     return;
   }
   if (send(msg.steer(prompt, Number(el.transition.value)))) {
+    state.steerSent = { atMs: performance.now(), ptsUs: null };
     el.prompt.value = '';
     busy(el.steer, 300);
   }
@@ -600,8 +611,33 @@ function wire() {
   });
 }
 
+/**
+ * Offers the sizes and rates the server streams (`GET /api/source`): a model streams only the
+ * size and rate it was trained for, so that becomes the only choice; the world renders any
+ * size, and the server's default is added to the choices and selected.
+ */
+async function loadSource() {
+  let info;
+  try {
+    info = await getJson('/api/source');
+  } catch {
+    return; // an older server: keep the page's choices
+  }
+  const offer = (select, value, label) => {
+    value = String(value);
+    if (info.fixed) select.replaceChildren();
+    if (![...select.options].some((o) => o.value === value)) select.append(node('option', '', label, { value }));
+    select.value = value;
+    select.disabled = !!info.fixed;
+  };
+  offer(el.size, info.size, info.size.replace('x', ' × '));
+  offer(el.fps, info.fps, `${info.fps} fps`);
+  stats.source = info.source;
+}
+
 function init() {
   wire();
+  loadSource();
   const watch = params.get('watch');
   if (watch) {
     state.session = stats.session = watch;

@@ -289,6 +289,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/sessions", get(list_sessions).post(create_session))
         .route("/api/recordings", get(list_recordings))
+        .route("/api/source", get(source_info))
         .route("/recordings/{name}", get(download))
         .route("/ws", get(ws))
         .fallback_service(web)
@@ -302,6 +303,26 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
         recordings_active: s.streams.iter().filter(|st| st.is_recording()).count(),
     };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&gauges))
+}
+
+/// What new sessions stream: the source, the size and rate a session gets when it asks for
+/// none, and whether that is the only one (a model streams at the size and rate it was
+/// trained for; the world renders any size). The page offers its choices from this.
+async fn source_info(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    Json(match &s.model {
+        Some(model) => serde_json::json!({
+            "source": "model",
+            "size": model.size().to_string(),
+            "fps": model.spec.fps,
+            "fixed": true,
+        }),
+        None => serde_json::json!({
+            "source": "world",
+            "size": s.config.sessions.size.to_string(),
+            "fps": s.config.sessions.fps.get(),
+            "fixed": false,
+        }),
+    })
 }
 
 async fn list_sessions(State(s): State<Arc<AppState>>) -> impl IntoResponse {

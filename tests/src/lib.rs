@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub mod browser;
 pub mod client;
 
 /// A binary of the workspace, built by `scripts/test.sh` into the same target directory as

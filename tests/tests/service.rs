@@ -154,6 +154,9 @@ async fn viewers_and_a_late_joiner_get_decodable_video_and_cannot_steer() {
     assert_eq!(status, 200);
     let list: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(list[0]["viewers"], 3, "{list}");
+    // The world renders any size; the page offers the configured default first.
+    let source: Value = serde_json::from_slice(&http_get(server.addr, "/api/source").1).unwrap();
+    assert_eq!(source, json!({"source": "world", "size": "128x128", "fps": 12, "fixed": false}));
 
     // Sessions can be created over HTTP too; bad bodies are refused with a reason.
     let (status, body) =
@@ -287,6 +290,12 @@ async fn the_model_source_streams_its_pipeline() {
         "--set",
         "model.steps=2",
     ]);
+    // The page learns the one size and rate the model streams.
+    let (status, body) = http_get(server.addr, "/api/source");
+    assert_eq!(status, 200);
+    let source: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(source, json!({"source": "model", "size": "32x32", "fps": 8.0, "fixed": true}));
+
     let mut c = Client::connect(&server).await;
     c.send(json!({"type": "create", "prompt": "a lake in the mountains", "size": "64x64"})).await;
     let refused = c.expect("error").await;
