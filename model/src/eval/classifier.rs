@@ -2,20 +2,27 @@
 //! frame of a clip. Its per-frame features (before the classification head) define the
 //! Fréchet distance between sets of clips (FWD).
 //!
-//! Frames are average-pooled to `input_size`², then four causal convolutions (3×3 spatial,
-//! stride 2; 3 frames in time), each followed by a per-frame group norm and SiLU, then a
-//! spatial mean: a `features`-wide vector per frame that sees the last 9 frames. Beside it, two
-//! hand-made features: the frame's global horizontal motion, the least-squares (Lucas–Kanade)
-//! estimate `v = −Σ I_t·I_x / Σ I_x²` over the pooled luminance in pixels per frame, and its
-//! mean over the last [`MOTION_FRAMES`] frames (rain, snow and clouds make one frame's estimate
-//! noisy). A linear head on all of them gives the logits of the four attributes. The first
-//! [`EvaluatorConfig::warmup_frames`] of a clip lack the motion context the camera needs;
-//! predictions and losses skip them.
+//! Frames are average-pooled to `input_size`² (128: the clips' own size), then five causal
+//! convolutions (3×3 spatial, stride 2; 3 frames in time), each followed by a per-frame group
+//! norm and SiLU, then a spatial mean: a feature vector per frame that sees the last 11 frames.
+//! Beside it, hand-made motion features: in each of [`EvaluatorConfig::motion_bands`]
+//! horizontal bands of the frame, the global horizontal motion by least squares (Lucas–Kanade
+//! with one velocity), `v = −Σ I_t·I_x / Σ I_x²` over the luminance pooled to `motion_size`², in
+//! pixels per frame, and each band's mean over the last [`MOTION_FRAMES`] frames (rain, snow and
+//! clouds make one frame's estimate noisy). A linear head on all of them gives the logits of
+//! the four attributes. The first [`EvaluatorConfig::warmup_frames`] of a clip lack the motion
+//! context the camera needs; predictions and losses skip them.
 //!
-//! Why the motion feature: trained without it (1,200 steps, 19,200 clips), the CNN read time,
-//! weather and scenery at 90–100 % but the camera at chance (35.8 %). A pan moves the nearest
-//! land about a pixel per frame at 64²: a global, low-contrast signal that per-frame group
-//! norms and the final spatial mean wash out.
+//! Why the motion features: trained without them (1,200 steps, 19,200 clips), the CNN read
+//! time, weather and scenery at 90–100 % but the camera at chance (35.8 %). A pan moves the
+//! nearest land about a pixel per frame at 64²: a global, low-contrast signal that per-frame
+//! group norms and the final spatial mean wash out. Why bands: the sky barely moves with the
+//! camera and the land below moves most (parallax), so one velocity for the whole frame mixes
+//! them; with it the camera read 80.5 %, mostly mistaking slow pans for a still camera.
+//!
+//! Why the full resolution: at 64² the evaluator mistook rain for cloud (rain is one-pixel
+//! streaks at 128²) and hills for mountains (their outlines differ in detail), and its
+//! training loss stopped falling: information was missing, not training.
 
 use crate::vae::layers::{CausalConv, CausalConvConfig, frame_norm};
 use crate::world::{Attributes, Camera, Scenery, TimeOfDay, Weather};
@@ -40,6 +47,17 @@ pub fn label_indices(a: &Attributes) -> [usize; 4] {
     [a.time.index(), a.weather.index(), a.scenery.index(), a.camera.index()]
 }
 
+/// The value names of head `k` of [`HEADS`], in index order.
+pub fn head_values(k: usize) -> Vec<&'static str> {
+    match k {
+        0 => TimeOfDay::ALL.iter().map(|v| v.label()).collect(),
+        1 => Weather::ALL.iter().map(|v| v.label()).collect(),
+        2 => Scenery::ALL.iter().map(|v| v.label()).collect(),
+        3 => Camera::ALL.iter().map(|v| v.label()).collect(),
+        _ => panic!("there are {} heads", HEADS.len()),
+    }
+}
+
 fn attributes_of(indices: [usize; 4]) -> Attributes {
     Attributes {
         time: TimeOfDay::from_index(indices[0]),
@@ -51,13 +69,20 @@ fn attributes_of(indices: [usize; 4]) -> Attributes {
 
 #[derive(Config, Debug)]
 pub struct EvaluatorConfig {
-    /// Widths of the four stride-2 convolutions; the last is the feature width.
-    #[config(default = "vec![16, 32, 64, 96]")]
+    /// Widths of the stride-2 convolutions; the last is the CNN's feature width.
+    #[config(default = "vec![8, 16, 32, 64, 96]")]
     pub channels: Vec<usize>,
     /// Frames are average-pooled to this square size first (the clip's side must be a
     /// multiple of it).
-    #[config(default = 64)]
+    #[config(default = 128)]
     pub input_size: usize,
+    /// The motion features read the luminance pooled to this size (at most `input_size`; a
+    /// pan then moves the nearest land about a pixel per frame, where least squares is exact).
+    #[config(default = 64)]
+    pub motion_size: usize,
+    /// Horizontal bands of the frame with a motion feature each.
+    #[config(default = 4)]
+    pub motion_bands: usize,
     #[config(default = 4)]
     pub norm_groups: usize,
     /// Frames per second it was trained at (motion is per frame).
@@ -71,10 +96,10 @@ pub struct EvaluatorConfig {
 /// Frames the smoothed motion feature averages: the CNN's receptive field, less the first.
 pub const MOTION_FRAMES: usize = 8;
 
-/// Features per frame: the CNN's, then the global horizontal motion and its recent mean.
+/// Features per frame: the CNN's, then each band's horizontal motion and its recent mean.
 impl EvaluatorConfig {
     pub fn feature_width(&self) -> usize {
-        self.channels.last().copied().unwrap_or(3) + 2
+        self.channels.last().copied().unwrap_or(3) + 2 * self.motion_bands
     }
 }
 
@@ -91,8 +116,10 @@ impl EvaluatorConfig {
         Evaluator {
             convs,
             norms,
-            head: LinearConfig::new(c_in + 2, LOGITS).init(device),
+            head: LinearConfig::new(c_in + 2 * self.motion_bands, LOGITS).init(device),
             input_size: self.input_size,
+            motion_size: self.motion_size.min(self.input_size),
+            motion_bands: self.motion_bands,
             warmup_frames: self.warmup_frames,
         }
     }
@@ -105,6 +132,10 @@ pub struct Evaluator<B: Backend> {
     pub head: Linear<B>,
     #[module(skip)]
     pub input_size: usize,
+    #[module(skip)]
+    pub motion_size: usize,
+    #[module(skip)]
+    pub motion_bands: usize,
     #[module(skip)]
     pub warmup_frames: usize,
 }
@@ -128,17 +159,22 @@ impl<B: Backend> Evaluator<B> {
             "{h}×{w} is not a multiple of {}",
             self.input_size
         );
-        let x = video.swap_dims(1, 2).reshape([b * t, c, h, w]);
-        let x = if fh > 1 || fw > 1 { avg_pool2d(x, [fh, fw], [fh, fw], [0, 0], true, false) } else { x };
+        let pool = |x: Tensor<B, 4>, side: usize| {
+            let [_, _, h, w] = x.dims();
+            let (fh, fw) = (h / side, w / side);
+            if fh > 1 || fw > 1 { avg_pool2d(x, [fh, fw], [fh, fw], [0, 0], true, false) } else { x }
+        };
+        let x = pool(video.swap_dims(1, 2).reshape([b * t, c, h, w]), self.input_size);
+        let (m, bands) = (self.motion_size, self.motion_bands);
+        let motion = banded_motion(pool(x.clone(), m).reshape([b, t, c, m, m]), bands);
         let mut x = x.reshape([b, t, c, self.input_size, self.input_size]);
-        let motion = horizontal_motion(x.clone());
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
             x = silu(frame_norm(norm, conv.forward(x)));
         }
         let [_, _, f, hh, ww] = x.dims();
         let cnn = x.reshape([b, t, f, hh * ww]).mean_dim(3).reshape([b, t, f]);
         let recent = recent_mean(motion.clone(), MOTION_FRAMES);
-        let features = Tensor::cat(vec![cnn, motion.unsqueeze_dim(2), recent.unsqueeze_dim(2)], 2);
+        let features = Tensor::cat(vec![cnn, motion, recent], 2);
         let logits = self.head.forward(features.clone());
         EvaluatorOutput { features, logits }
     }
@@ -202,44 +238,46 @@ impl<B: Backend> Evaluator<B> {
     }
 }
 
-/// Global horizontal motion of every frame against the one before, in pixels per frame
-/// (positive: the picture moves right), by least squares over the luminance:
-/// `v = −Σ I_t·I_x / (Σ I_x² + ε)`, `I_x` the central difference of the two frames' mean. The
-/// first frame of a clip has no predecessor and gets 0.
+/// Horizontal motion of every frame against the one before in each of `bands` horizontal
+/// bands (top first), in pixels per frame (positive: the picture moves right), by least squares
+/// over the luminance: `v = −Σ I_t·I_x / (Σ I_x² + ε)`, `I_x` the central difference of the two
+/// frames' mean. The first frame of a clip has no predecessor and gets 0.
 ///
 /// # Shapes
-/// - `frames`: `[b, t, 3, h, w]`
-/// - returns: `[b, t]`
-pub fn horizontal_motion<B: Backend>(frames: Tensor<B, 5>) -> Tensor<B, 2> {
+/// - `frames`: `[b, t, 3, h, w]`, `h` a multiple of `bands`
+/// - returns: `[b, t, bands]`
+pub fn banded_motion<B: Backend>(frames: Tensor<B, 5>, bands: usize) -> Tensor<B, 3> {
     let [b, t, _, h, w] = frames.dims();
+    assert!(bands >= 1 && h.is_multiple_of(bands), "{h} rows do not split into {bands} bands");
     let y = frames.mean_dim(2); // [b, t, 1, h, w]
     let prev =
         if t > 1 { Tensor::cat(vec![y.clone().narrow(1, 0, 1), y.clone().narrow(1, 0, t - 1)], 1) } else { y.clone() };
     let i_t = (y.clone() - prev.clone()).narrow(4, 1, w - 2);
     let mid = (y + prev).div_scalar(2.0);
     let i_x = (mid.clone().narrow(4, 2, w - 2) - mid.narrow(4, 0, w - 2)).div_scalar(2.0);
-    let sum = |z: Tensor<B, 5>| z.reshape([b, t, h * (w - 2)]).sum_dim(2).reshape([b, t]);
+    let sum = |z: Tensor<B, 5>| z.reshape([b, t, bands, h / bands * (w - 2)]).sum_dim(3).reshape([b, t, bands]);
     let num = sum(i_t * i_x.clone());
     let den = sum(i_x.square()).add_scalar(1e-6);
     num.neg() / den
 }
 
 /// The mean of each frame's motion and that of the `n − 1` frames before it, over the frames
-/// that have a predecessor (the first frame's 0 is not counted).
+/// that have a predecessor (the first frame's 0 is not counted), band by band.
 ///
 /// # Shapes
-/// - `motion`: `[b, t]`, from [`horizontal_motion`]
-/// - returns: `[b, t]`
-pub fn recent_mean<B: Backend>(motion: Tensor<B, 2>, n: usize) -> Tensor<B, 2> {
-    let [b, t] = motion.dims();
+/// - `motion`: `[b, t, bands]`, from [`banded_motion`]
+/// - returns: `[b, t, bands]`
+pub fn recent_mean<B: Backend>(motion: Tensor<B, 3>, n: usize) -> Tensor<B, 3> {
+    let [b, t, k] = motion.dims();
     let device = motion.device();
     let mut sum = motion.clone();
     for shift in 1..n.min(t) {
-        let shifted = Tensor::cat(vec![Tensor::zeros([b, shift], &device), motion.clone().narrow(1, 0, t - shift)], 1);
+        let shifted =
+            Tensor::cat(vec![Tensor::zeros([b, shift, k], &device), motion.clone().narrow(1, 0, t - shift)], 1);
         sum = sum + shifted;
     }
     let counts: Vec<f32> = (0..t).map(|k| k.min(n).max(1) as f32).collect();
-    sum / Tensor::<B, 1>::from_data(TensorData::new(counts, [t]), &device).reshape([1, t])
+    sum / Tensor::<B, 1>::from_data(TensorData::new(counts, [t]), &device).reshape([1, t, 1])
 }
 
 /// The evaluator's reading of one frame.
@@ -255,12 +293,14 @@ mod tests {
     use burn::backend::Flex;
 
     #[test]
-    fn horizontal_motion_reads_the_shift_of_a_pattern() {
+    fn banded_motion_reads_the_shift_of_each_band() {
         let (t, h, w) = (4, 8, 32);
-        let clip = |shift: f32| {
+        // The top half of the pattern moves by `top` pixels per frame, the bottom by `bottom`.
+        let clip = |top: f32, bottom: f32| {
             let values: Vec<f32> = (0..t)
                 .flat_map(|k| {
                     (0..3 * h * w).map(move |i| {
+                        let shift = if (i / w) % h < h / 2 { top } else { bottom };
                         let x = (i % w) as f32 - shift * k as f32;
                         (x * std::f32::consts::TAU / 16.0).sin() * 0.8
                     })
@@ -268,24 +308,37 @@ mod tests {
                 .collect();
             Tensor::<Flex, 5>::from_data(TensorData::new(values, [1, t, 3, h, w]), &Default::default())
         };
-        for shift in [0.5f32, -0.5, 0.0] {
-            let v: Vec<f32> = horizontal_motion(clip(shift)).into_data().into_vec().unwrap();
-            assert_eq!(v[0], 0.0, "the first frame has no predecessor");
-            for &vk in &v[1..] {
-                assert!((vk - shift).abs() < 0.1 * shift.abs().max(0.1), "shift {shift}: read {vk}");
+        for (top, bottom) in [(0.5f32, 0.5f32), (-0.5, 0.0), (0.0, 0.8)] {
+            let v: Vec<f32> = banded_motion(clip(top, bottom), 2).into_data().into_vec().unwrap();
+            assert_eq!(v[..2], [0.0, 0.0], "the first frame has no predecessor");
+            for (i, &vk) in v.iter().enumerate().skip(2) {
+                let shift = if i % 2 == 0 { top } else { bottom };
+                assert!((vk - shift).abs() < 0.1 * shift.abs().max(0.1), "{top}/{bottom}: band {} read {vk}", i % 2);
             }
         }
     }
 
     #[test]
     fn recent_mean_averages_the_frames_with_a_predecessor() {
-        let motion = Tensor::<Flex, 2>::from_data(
-            TensorData::new(vec![0.0f32, 1.0, 2.0, 3.0, 4.0], [1, 5]),
+        // Two bands: the second is the first times 10.
+        let motion = Tensor::<Flex, 3>::from_data(
+            TensorData::new(vec![0.0f32, 0.0, 1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0], [1, 5, 2]),
             &Default::default(),
         );
         let mean: Vec<f32> = recent_mean(motion, 3).into_data().into_vec().unwrap();
         // frame 0: nothing counted; 1: (1)/1; 2: (1+2)/2; 3: (1+2+3)/3; 4: (2+3+4)/3
-        assert_eq!(mean, vec![0.0, 1.0, 1.5, 2.0, 3.0]);
+        assert_eq!(mean, vec![0.0, 0.0, 1.0, 10.0, 1.5, 15.0, 2.0, 20.0, 3.0, 30.0]);
+    }
+
+    #[test]
+    fn head_values_match_the_heads() {
+        for (k, &(_, size)) in HEADS.iter().enumerate() {
+            assert_eq!(head_values(k).len(), size);
+        }
+        assert_eq!(
+            head_values(2)[label_indices(&Attributes { scenery: Scenery::City, ..Attributes::default() })[2]],
+            "city"
+        );
     }
 
     #[test]
@@ -303,11 +356,11 @@ mod tests {
         let device = Default::default();
         let config = EvaluatorConfig::new().with_input_size(16);
         let e = config.init::<Flex>(&device);
-        assert_eq!(config.feature_width(), 98, "96 from the CNN, the motion and its recent mean");
+        assert_eq!(config.feature_width(), 104, "96 from the CNN, 4 bands' motion and recent mean");
         let video =
             Tensor::<Flex, 5>::random([2, 3, 7, 32, 32], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
         let out = e.forward(video.clone());
-        assert_eq!(out.features.dims(), [2, 7, 98]);
+        assert_eq!(out.features.dims(), [2, 7, 104]);
         assert_eq!(out.logits.dims(), [2, 7, LOGITS]);
         // Changing the last frame changes nothing before it.
         let changed = Tensor::cat(vec![video.clone().narrow(2, 0, 6), video.narrow(2, 6, 1).neg()], 2);
@@ -316,6 +369,6 @@ mod tests {
         let last = (out.features.narrow(1, 6, 1) - again.narrow(1, 6, 1)).abs().max().into_scalar();
         assert!(before < 1e-6 && last > 1e-4, "before {before}, last {last}");
         let readings = e.read(Tensor::zeros([1, 3, 7, 32, 32], &device));
-        assert_eq!((readings.len(), readings[0].len(), readings[0][0].features.len()), (1, 3, 98));
+        assert_eq!((readings.len(), readings[0].len(), readings[0][0].features.len()), (1, 3, 104));
     }
 }

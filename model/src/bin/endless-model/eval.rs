@@ -132,14 +132,76 @@ fn train_evaluator_on<B: burn::tensor::backend::AutodiffBackend>(
     let options =
         TrainEvaluatorOptions { optim: endless_model::train::Optimisation { lr: args.lr, ..options.optim }, ..options };
     let report = train_evaluator::<B>(&options, device)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    print_accuracy(&report);
+    println!("written to {}", args.out.display());
+    Ok(())
+}
+
+/// The accuracy table and each attribute's most frequent mistakes.
+fn print_accuracy(report: &endless_model::train::AccuracyReport) {
+    println!("| attribute | accuracy | steady clips | most frequent mistakes (truth → read: frames) |");
+    println!("|---|---|---|---|");
+    for ((name, all), (confusion, (_, steady))) in
+        report.accuracy.iter().zip(report.confusion.iter().zip(&report.accuracy_steady))
+    {
+        let mistakes: Vec<String> =
+            confusion.mistakes().iter().take(4).map(|(t, r, n)| format!("{t} → {r}: {n}")).collect();
+        println!("| {name} | {:.1} % | {:.1} % | {} |", 100.0 * all, 100.0 * steady, mistakes.join(", "));
+    }
     println!(
-        "held-out accuracy (worst attribute) {:.2} % over {} frames of {} clips; written to {}",
+        "held-out accuracy (worst attribute) {:.2} % over {} frames of {} clips",
         100.0 * report.worst,
         report.frames,
-        report.clips,
-        args.out.display()
+        report.clips
     );
+}
+
+#[derive(clap::Args)]
+pub struct EvalEvaluatorArgs {
+    /// The evaluator's folder (what `train-evaluator` writes).
+    #[arg(long)]
+    evaluator: PathBuf,
+    /// Clip size, as trained.
+    #[arg(long, default_value = "128x128")]
+    size: Size,
+    #[arg(long, default_value_t = 16)]
+    frames: usize,
+    /// Frames per second, as trained.
+    #[arg(long, default_value_t = 8.0)]
+    fps: f64,
+    /// Held-out clips, half of them with a transition.
+    #[arg(long, default_value_t = 256)]
+    clips: usize,
+    /// Seed of the held-out clips (`train-evaluator` reports on seed + 1000000).
+    #[arg(long, default_value_t = 1_000_001)]
+    seed: u64,
+    /// JSON report, confusion matrices included.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: DeviceKind,
+}
+
+pub fn eval_evaluator(args: EvalEvaluatorArgs) -> Result<()> {
+    on_device!(args.device, eval_evaluator_on, &args)
+}
+
+fn eval_evaluator_on<B: Backend>(device: &B::Device, args: &EvalEvaluatorArgs) -> Result<()> {
+    use endless_model::train::{accuracy, load_evaluator};
+    use endless_model::world::Split;
+    let evaluator = load_evaluator::<B>(&args.evaluator, device)?;
+    let options = ClipOptions {
+        width: args.size.width,
+        height: args.size.height,
+        fps: args.fps,
+        frames: args.frames,
+        transition_probability: 0.5,
+    };
+    let report = accuracy(&evaluator, &options, Split::HeldOut, args.clips, args.seed, device);
+    print_accuracy(&report);
+    if let Some(json) = &args.json {
+        std::fs::write(json, serde_json::to_string_pretty(&report)?)?;
+    }
     Ok(())
 }
 

@@ -93,6 +93,9 @@ enum Command {
     /// Trains the evaluator (a small 3D CNN reading the world's attributes off every frame) and
     /// reports its accuracy on clips of held-out combinations.
     TrainEvaluator(eval::TrainEvaluatorArgs),
+    /// A trained evaluator's per-frame accuracy on clips of held-out combinations, with what
+    /// it mistakes each value for.
+    EvalEvaluator(eval::EvalEvaluatorArgs),
     /// Measures a pipeline on held-out prompts with a trained evaluator: adherence, FWD,
     /// chunk-boundary jump, camera motion, drift per minute, prompt-switch response; one
     /// report per extension mode (the ablation). JSON and PNG plots in --out.
@@ -211,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { model, out } => export(&model, &out),
         Command::EvalVae(args) => eval::eval_vae(args),
         Command::TrainEvaluator(args) => eval::train_evaluator(args),
+        Command::EvalEvaluator(args) => eval::eval_evaluator(args),
         Command::Eval(args) => eval::eval(*args),
         Command::TrainVae {
             preset,
