@@ -141,6 +141,9 @@ struct Buffer {
     ready: Notify,
     /// Set when the pacer has ended: the generator stops.
     pacer_gone: AtomicBool,
+    /// Set when the generator thread has ended, whether it returned or panicked: once the
+    /// queue is empty, playback ends.
+    generator_gone: AtomicBool,
 }
 
 impl Buffer {
@@ -158,13 +161,28 @@ impl Buffer {
         queue.retain(|c| c.as_ref().map_or(true, |c| !c.frames.is_empty()));
     }
 
-    async fn pop(&self) -> Result<Chunk, String> {
+    /// The next chunk; `None` once the generator has ended and everything it made is taken.
+    async fn pop(&self) -> Option<Result<Chunk, String>> {
         loop {
             if let Some(chunk) = lock(&self.queue).pop_front() {
-                return chunk;
+                return Some(chunk);
+            }
+            if self.generator_gone.load(Ordering::SeqCst) {
+                return None;
             }
             self.ready.notified().await;
         }
+    }
+}
+
+/// Tells the pacer that the generator thread has ended, also when it unwinds from a panic in
+/// the source (the session then ends as "generation stopped unexpectedly").
+struct GeneratorGone(Arc<Buffer>);
+
+impl Drop for GeneratorGone {
+    fn drop(&mut self) {
+        self.0.generator_gone.store(true, Ordering::SeqCst);
+        self.0.ready.notify_one();
     }
 }
 
@@ -553,6 +571,7 @@ impl Generator {
     /// Chunk after chunk into the buffer, while there is room ahead of playback, until the
     /// session ends or the source fails (the failure travels behind the frames before it).
     fn run(self) {
+        let _gone = GeneratorGone(self.buffer.clone());
         let counters = &self.counters;
         while self.wait_for_room() {
             let started = Instant::now();
@@ -656,11 +675,12 @@ impl Pacer {
                 _ = self.cancel.cancelled() => return,
             };
             let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
                     let _ = out.send(Output::Failed(e)).await;
                     return;
                 }
+                None => return,
             };
             for (i, rgb) in chunk.frames.into_iter().enumerate() {
                 let index = chunk.first + i as u64;
