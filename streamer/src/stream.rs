@@ -147,8 +147,10 @@ impl SessionStream {
         };
         if let Some(reason) = reason {
             self.stop_recording().await;
-            let _ = self.events.send(ServerMessage::Ended { reason });
+            // Closed before the viewers hear of it, as in `shutdown`: whoever is told the
+            // stream ended finds the session closed.
             self.session.close();
+            let _ = self.events.send(ServerMessage::Ended { reason });
         }
     }
 
