@@ -98,6 +98,16 @@ pub struct TrainEvaluatorArgs {
     /// Peak learning rate (cosine decay after 50 warm-up steps).
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
+    /// Frames are pooled to this square size before the CNN.
+    #[arg(long, default_value_t = 64)]
+    input_size: usize,
+    /// Widths of the CNN's stride-2 convolutions.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,96")]
+    channels: Vec<usize>,
+    /// Train on the training split's combinations only (by default every combination, the
+    /// generator's held-out ones included: the evaluator must read those right).
+    #[arg(long)]
+    training_combinations_only: bool,
     /// Held-out clips for the accuracy report.
     #[arg(long, default_value_t = 256)]
     eval_clips: usize,
@@ -126,8 +136,15 @@ fn train_evaluator_on<B: burn::tensor::backend::AutodiffBackend>(
         batch: args.batch,
         steps: args.steps,
         eval_clips: args.eval_clips,
+        all_combinations: !args.training_combinations_only,
         seed: args.seed,
-        ..TrainEvaluatorOptions::new(EvaluatorConfig::new().with_fps(args.fps), &args.out)
+        ..TrainEvaluatorOptions::new(
+            EvaluatorConfig::new()
+                .with_fps(args.fps)
+                .with_input_size(args.input_size)
+                .with_channels(args.channels.clone()),
+            &args.out,
+        )
     };
     let options =
         TrainEvaluatorOptions { optim: endless_model::train::Optimisation { lr: args.lr, ..options.optim }, ..options };
