@@ -2,16 +2,18 @@
 //! clock that releases frames in real time to whoever encodes them.
 //!
 //! ```text
-//!  generator thread ──chunks──▶ [Buffer: frames ahead < buffer_chunks × chunk] ──▶ pacer task ──frames──▶ output
-//!  (FrameSource under a lock)                                                      (real-time clock)      (encoder)
+//!  generator thread ──chunks──▶ [Buffer] ──▶ pacer task ──frames──▶ output
+//!  (FrameSource under a lock)              (real-time clock)      (encoder)
+//!   waits while buffer_chunks × chunk valid frames are ahead
 //! ```
 //!
 //! Generation waits while `buffer_chunks` chunks' worth of frames are ahead of playback;
 //! playback stops while paused or while nobody watches or records, and with it generation. A
 //! steer changes the source from a frame just ahead of playback — far enough ahead that the
-//! chunk there can be made in time ([`STEER_MARGIN`] times the recent time of a chunk) — and, when the
-//! source can rewind, throws away the buffered frames after it, so the new prompt shows within
-//! about a chunk's generation time (and the chunk in flight) rather than after the buffer.
+//! chunk there can be made in time ([`STEER_MARGIN`] times the recent time of a chunk) — and,
+//! when the source can rewind, throws away the buffered frames after it, so the new prompt
+//! shows within about a chunk's generation time (and the chunk in flight) rather than after
+//! the buffer.
 //!
 //! The backpressure counts the frames still valid, not queued chunks: a rewind frees the
 //! buffer at once, so the steer's chunk starts as soon as the chunk in flight is done. (Counted
@@ -443,9 +445,9 @@ impl Session {
     }
 
     /// Frames between playback and a steer (taken once the chunk in flight is done): the
-    /// configured lead, or [`STEER_MARGIN`] times the recent time of a chunk of `chunk` frames (`None`: the
-    /// session's) when that is longer, so that the steer's chunk is ready before playback
-    /// gets there.
+    /// configured lead, or [`STEER_MARGIN`] times the recent time of a chunk of `chunk` frames
+    /// (`None`: the session's) when that is longer, so that the steer's chunk is ready before
+    /// playback gets there.
     fn steer_lead(&self, chunk: Option<usize>) -> u64 {
         let frame_ns = self.counters.recent_frame_ns.load(Ordering::SeqCst) as f64;
         let chunk_secs = frame_ns / 1e9 * chunk.unwrap_or(self.settings.chunk_frames) as f64;
