@@ -577,7 +577,7 @@ impl Generator {
         let counters = &self.counters;
         while self.wait_for_room() {
             let started = Instant::now();
-            let (epoch, mut chunk) = {
+            let mut chunk = {
                 let mut c = lock(&self.control);
                 let (epoch, first) = (lock(&self.epochs).current, c.source.next_frame());
                 let n = c.source.chunk_hint().unwrap_or(self.n);
@@ -587,7 +587,7 @@ impl Generator {
                 let result = c.source.next_chunk(n);
                 *lock(&self.source_stats) = c.source.stats();
                 match result {
-                    Ok(frames) => (epoch, Chunk { epoch, first, frames }),
+                    Ok(frames) => Chunk { epoch, first, frames },
                     Err(e) => {
                         tracing::error!(cause = %e, "generation failed");
                         self.buffer.push(Err(e.to_string()));
@@ -606,9 +606,9 @@ impl Generator {
             // Under the epochs' lock, so that a steer's rewind either comes before (and this
             // chunk is cut here) or after (and it cuts the queued chunk).
             let e = lock(&self.epochs);
-            if epoch != e.current {
+            if chunk.epoch != e.current {
                 // A steer rewound while this chunk was made: keep the frames before its end.
-                let end = e.ends.iter().find(|(old, _)| *old == epoch).map_or(0, |(_, end)| *end);
+                let end = e.ends.iter().find(|(old, _)| *old == chunk.epoch).map_or(0, |(_, end)| *end);
                 chunk.frames.truncate(end.saturating_sub(chunk.first) as usize);
             } else {
                 counters.generated.fetch_max(chunk.first + n, Ordering::SeqCst);

@@ -80,17 +80,24 @@ fn eval_vae_on<B: Backend>(device: &B::Device, args: &EvalVaeArgs) -> Result<()>
     Ok(())
 }
 
+/// The clips an evaluator trains on and is scored on.
 #[derive(clap::Args)]
-pub struct TrainEvaluatorArgs {
+pub struct EvaluatorClips {
     /// Clip size: that of the videos it will judge (a multiple of 64).
     #[arg(long, default_value = "128x128")]
     size: Size,
-    /// Frames per training clip.
+    /// Frames per clip.
     #[arg(long, default_value_t = 16)]
     frames: usize,
     /// Frames per second of the clips (and of the videos it will judge).
     #[arg(long, default_value_t = 8.0)]
     fps: f64,
+}
+
+#[derive(clap::Args)]
+pub struct TrainEvaluatorArgs {
+    #[command(flatten)]
+    clips: EvaluatorClips,
     #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 1500)]
@@ -130,9 +137,9 @@ fn train_evaluator_on<B: burn::tensor::backend::AutodiffBackend>(
     use endless_model::eval::EvaluatorConfig;
     use endless_model::train::{TrainEvaluatorOptions, train_evaluator};
     let options = TrainEvaluatorOptions {
-        width: args.size.width,
-        height: args.size.height,
-        frames: args.frames,
+        width: args.clips.size.width,
+        height: args.clips.size.height,
+        frames: args.clips.frames,
         batch: args.batch,
         steps: args.steps,
         eval_clips: args.eval_clips,
@@ -140,7 +147,7 @@ fn train_evaluator_on<B: burn::tensor::backend::AutodiffBackend>(
         seed: args.seed,
         ..TrainEvaluatorOptions::new(
             EvaluatorConfig::new()
-                .with_fps(args.fps)
+                .with_fps(args.clips.fps)
                 .with_input_size(args.input_size)
                 .with_channels(args.channels.clone()),
             &args.out,
@@ -178,14 +185,9 @@ pub struct EvalEvaluatorArgs {
     /// The evaluator's folder (what `train-evaluator` writes).
     #[arg(long)]
     evaluator: PathBuf,
-    /// Clip size, as trained.
-    #[arg(long, default_value = "128x128")]
-    size: Size,
-    #[arg(long, default_value_t = 16)]
-    frames: usize,
-    /// Frames per second, as trained.
-    #[arg(long, default_value_t = 8.0)]
-    fps: f64,
+    /// The clips, as trained.
+    #[command(flatten)]
+    clip: EvaluatorClips,
     /// Held-out clips, half of them with a transition.
     #[arg(long, default_value_t = 256)]
     clips: usize,
@@ -208,10 +210,10 @@ fn eval_evaluator_on<B: Backend>(device: &B::Device, args: &EvalEvaluatorArgs) -
     use endless_model::world::Split;
     let evaluator = load_evaluator::<B>(&args.evaluator, device)?;
     let options = ClipOptions {
-        width: args.size.width,
-        height: args.size.height,
-        fps: args.fps,
-        frames: args.frames,
+        width: args.clip.size.width,
+        height: args.clip.size.height,
+        fps: args.clip.fps,
+        frames: args.clip.frames,
         transition_probability: 0.5,
     };
     let report = accuracy(&evaluator, &options, Split::HeldOut, args.clips, args.seed, device);
