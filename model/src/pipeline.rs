@@ -17,6 +17,10 @@
 //! [`crate::guidance`]). Every request in a batch draws its noise from its own counter-based
 //! stream `(seed, chunk)`, so a chunk is the same whichever other sessions share the batch.
 //!
+//! **Distilled denoisers** ([`crate::train::distill`]) sample in the steps their spec gives
+//! ([`Distilled`]), one pass each: their teacher's classifier-free guidance is part of their
+//! output, so [`Pipeline::generate`] adds none.
+//!
 //! **Decoding.** The VAE decoder is causal: [`Pipeline::decode_stream`] decodes each chunk's
 //! new latents with the stream's [`StreamState`] (the past frames of every temporal
 //! convolution), which gives the frames of one decode of the whole stream — no seam.
@@ -57,9 +61,33 @@ pub struct PipelineSpec {
     /// gives it none otherwise.
     #[serde(default)]
     pub anchors: bool,
+    /// Set when the denoiser is a progressively distilled student ([`crate::train::distill`]):
+    /// it samples in `steps` DDIM steps with one pass each, its teacher's guidance built in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distilled: Option<Distilled>,
+}
+
+/// What a distilled denoiser was distilled to, and from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Distilled {
+    /// The DDIM steps it was trained to sample in.
+    pub steps: usize,
+    /// The steps of the first teacher (the undistilled model) it stands for.
+    pub from_steps: usize,
+    /// The classifier-free guidance of the first teacher, now part of the student's output.
+    pub guidance: Guidance,
 }
 
 impl PipelineSpec {
+    /// `requested` as this pipeline must be sampled: a distilled denoiser takes its own number
+    /// of steps, and no classifier-free guidance on top of the one it learnt.
+    pub fn sampler(&self, requested: SamplerSettings) -> SamplerSettings {
+        match self.distilled {
+            Some(d) => SamplerSettings { steps: d.steps, guidance: Guidance::NONE, ..requested },
+            None => requested,
+        }
+    }
+
     pub fn load(dir: &Path) -> Result<PipelineSpec> {
         let path = dir.join(SPEC_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -94,6 +122,13 @@ pub fn tier_dir(dir: &Path, device: crate::device::Resolved) -> Result<std::path
         .map(|tier| dir.join(tier))
         .find(|d| d.join(SPEC_FILE).exists())
         .with_context(|| format!("{} holds no pipeline ({SPEC_FILE}), nor a cpu/ or gpu/ tier with one", dir.display()))
+}
+
+/// The denoiser checkpoint of the pipeline folder `dir`: its EMA weights when `ema` and it has
+/// them, else its weights.
+pub fn denoiser_path(dir: &Path, ema: bool) -> std::path::PathBuf {
+    let ema_path = dir.join(DENOISER_EMA_FILE);
+    if ema && checkpoint::config_path(&ema_path).exists() { ema_path } else { dir.join(DENOISER_FILE) }
 }
 
 /// How a chunk uses the frames before it.
@@ -180,8 +215,7 @@ impl<B: Backend> Pipeline<B> {
         let vae_path = dir.join(VAE_FILE);
         let vae_config: VaeConfig = checkpoint::read_config(&vae_path)?;
         let vae = checkpoint::load(vae_config.init(device), &vae_path, device)?;
-        let ema_path = dir.join(DENOISER_EMA_FILE);
-        let path = if ema && checkpoint::config_path(&ema_path).exists() { ema_path } else { dir.join(DENOISER_FILE) };
+        let path = denoiser_path(dir, ema);
         let denoiser_config: DenoiserConfig = checkpoint::read_config(&path)?;
         let denoiser = checkpoint::load(denoiser_config.init(device), &path, device)?;
         if denoiser_config.latent_channels != vae_config.latent_channels {
@@ -200,9 +234,7 @@ impl<B: Backend> Pipeline<B> {
     /// (steps, samples seen) of the checkpoints in `from`; no EMA twin, no optimiser state.
     pub fn export(&self, from: &Path, dir: &Path, precision: checkpoint::Precision) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ema_path = from.join(DENOISER_EMA_FILE);
-        let denoiser_from =
-            if checkpoint::config_path(&ema_path).exists() { ema_path } else { from.join(DENOISER_FILE) };
+        let denoiser_from = denoiser_path(from, true);
         let vae_meta = checkpoint::read_info(&from.join(VAE_FILE))?.meta;
         let denoiser_meta = checkpoint::read_info(&denoiser_from)?.meta;
         checkpoint::save(&self.vae, &self.vae_config, &vae_meta, &dir.join(VAE_FILE), precision)?;
@@ -250,14 +282,14 @@ impl<B: Backend> Pipeline<B> {
         Tensor::from_data(TensorData::new(gaussian(seed, stream, c * frames * h * w), [c, frames, h, w]), device)
     }
 
-    /// The guided v̂ of one denoising step of a batch: runs the guided passes as one batch of
-    /// the denoiser and combines them.
+    /// The guided v̂ of one denoising step of a batch, at the time `t[i]` for item `i`: runs
+    /// the guided passes as one batch of the denoiser and combines them.
     #[allow(clippy::too_many_arguments)]
-    fn guided_v(
+    pub(crate) fn guided_v(
         &self,
         settings: &SamplerSettings,
         z: Tensor<B, 5>,
-        t: f64,
+        t: &[f64],
         self_cond: Option<Tensor<B, 5>>,
         context: &Option<FrameContext<B>>,
         positions: &Option<Vec<Vec<FramePosition>>>,
@@ -265,6 +297,7 @@ impl<B: Backend> Pipeline<B> {
         device: &B::Device,
     ) -> Tensor<B, 5> {
         let b = z.dims()[0];
+        assert_eq!(t.len(), b, "a time per item");
         let g = settings.guidance;
         let passes = guidance_passes(&g);
         let n = passes.len();
@@ -288,7 +321,7 @@ impl<B: Backend> Pipeline<B> {
         });
         let input = DenoiserInput {
             z_t: z_all,
-            t: Tensor::full([n * b], t, device),
+            t: Tensor::from_data(TensorData::new(t.repeat(n).iter().map(|&t| t as f32).collect(), [n * b]), device),
             self_cond: self_cond.map(|s| repeat(&s)),
             context: context_all,
             condition: Condition::Text(text_all),
@@ -313,7 +346,12 @@ impl<B: Backend> Pipeline<B> {
         let [_, h, w] = self.latent_frame();
         let forward = self.denoiser_config.gflops(self.spec.window, h, w, text_tokens);
         let backward = if matches!(settings.mode, ExtendMode::Guided { .. }) { 2.0 } else { 0.0 };
-        settings.steps as f64 * (guidance_passes(&settings.guidance).len() as f64 + backward) * forward
+        settings.steps as f64 * (guidance_passes(&self.guidance(settings)).len() as f64 + backward) * forward
+    }
+
+    /// The guidance `settings` get with this denoiser: none on top of a distilled one's own.
+    fn guidance(&self, settings: &SamplerSettings) -> Guidance {
+        if self.spec.distilled.is_some() { Guidance::NONE } else { settings.guidance }
     }
 
     /// Generates one chunk for every request, batched: returns each request's new normalised
@@ -322,6 +360,7 @@ impl<B: Backend> Pipeline<B> {
     /// # Panics
     /// If anchors and context fill the window, or a tensor has the wrong shape.
     pub fn generate(&self, requests: &[ChunkRequest<B>], settings: &SamplerSettings) -> Vec<Tensor<B, 4>> {
+        let settings = &SamplerSettings { guidance: self.guidance(settings), ..*settings };
         let device = self.denoiser.patch_embedding.weight.device();
         let [c, h, w] = self.latent_frame();
         let t = self.spec.window;
@@ -391,8 +430,9 @@ impl<B: Backend> Pipeline<B> {
             |z, time, self_cond| {
                 let z = replace(z, time, index);
                 index += 1;
+                let times = vec![time; b];
                 let v =
-                    self.guided_v(settings, z.clone(), time, self_cond.clone(), &context, &positions, &text, &device);
+                    self.guided_v(settings, z.clone(), &times, self_cond.clone(), &context, &positions, &text, &device);
                 match (settings.mode, &guide) {
                     (ExtendMode::Guided { weight }, Some(guide)) if any_context => {
                         let co = self.spec.schedule.at(time);

@@ -9,11 +9,13 @@
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
 use endless_model::checkpoint;
+use endless_model::diffusion::Guidance;
 use endless_model::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings};
+use endless_model::pipeline::{Distilled, PipelineSpec};
 use endless_model::rolling::Anchors;
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::{
-    Optimisation, TrainDenoiserOptions, micro_options, micro_vae, read_loss_csv, train_denoiser,
+    DistillFrom, Optimisation, TrainDenoiserOptions, agreement, micro_options, micro_vae, read_loss_csv, train_denoiser,
 };
 use endless_model::vae::StreamState;
 use std::path::{Path, PathBuf};
@@ -193,5 +195,70 @@ fn chunks_are_deterministic_batch_independent_and_decode_into_frames() {
     let again = reloaded.generate(&[first(1)], &settings).remove(0);
     let d = max_diff(&again, &alone);
     assert!(d > 0.0 && d < 0.05, "the f16 pipeline's chunk differs by {d}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Progressive distillation: the student samples in half the teacher's steps, one pass each
+/// (guidance built in), and follows the teacher's many-step chunks more closely than the teacher
+/// does with as few steps; a second round halves again; one step cannot be halved.
+#[test]
+fn distillation_halves_the_steps_and_follows_the_teacher() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(text_dir) = dir_for_tests() else { return };
+    let root = dir("distill");
+    let vae = vae_checkpoint(&root);
+    let device = Default::default();
+    let teacher = root.join("teacher");
+    train_denoiser::<B>(
+        &TrainDenoiserOptions { steps: 30, ..options(&vae, &text_dir, teacher.clone()) }
+            .with_optim(|o| Optimisation { lr: 5e-3, ..o }),
+        &device,
+    )
+    .unwrap();
+    let guidance = Guidance { text: 2.0, context: 1.0 };
+    let distil = |from: &Path, to: &Path, steps: usize| {
+        let from = DistillFrom { teacher: from.to_path_buf(), teacher_steps: 4, guidance };
+        let o = TrainDenoiserOptions {
+            batch: 2,
+            steps,
+            log_every: 0,
+            checkpoint_every: 0,
+            ..TrainDenoiserOptions::distilling(from, &text_dir, to).unwrap()
+        }
+        .with_optim(|o| Optimisation { lr: 3e-3, ema_decay: None, ..o });
+        train_denoiser::<B>(&o, &device)
+    };
+    let student = root.join("student");
+    let summary = distil(&teacher, &student, 120).unwrap();
+    let losses: Vec<f64> = summary.rows.iter().map(|r| r.loss).collect();
+    let (first, last) = (losses[..10].iter().sum::<f64>() / 10.0, losses[110..].iter().sum::<f64>() / 10.0);
+    assert!(last < first, "distillation loss {first:.5} → {last:.5}");
+    assert_eq!(PipelineSpec::load(&student).unwrap().distilled, Some(Distilled { steps: 2, from_steps: 4, guidance }));
+
+    let teacher_pipeline = Pipeline::<Flex>::load(&teacher, true, &device).unwrap();
+    let student_pipeline = Pipeline::<Flex>::load(&student, true, &device).unwrap();
+    let text = TextEncoder::<Flex>::load(&text_dir, &device).unwrap();
+    let prompts: Vec<_> =
+        endless_model::eval::held_out_cases(4, 1).iter().map(|case| text.embed(&case.prompt)).collect();
+    let reference = SamplerSettings { steps: 4, guidance, ..SamplerSettings::default() };
+    let a = agreement(&student_pipeline, &teacher_pipeline, &reference, &prompts, 1);
+    assert_eq!((a.student_steps, a.teacher_steps), (2, 4));
+    assert!(
+        a.student_mse < 0.75 * a.teacher_few_steps_mse,
+        "the student (2 steps) is {:.5} from the teacher's 4 steps; the teacher with 2 steps {:.5}",
+        a.student_mse,
+        a.teacher_few_steps_mse
+    );
+    // One pass per step: half the teacher's cost at the same steps, a quarter at its own.
+    let two = SamplerSettings { steps: 2, ..reference };
+    let ratio = teacher_pipeline.chunk_gflops(&two, 8) / student_pipeline.chunk_gflops(&two, 8);
+    assert!((ratio - 2.0).abs() < 1e-9, "cost ratio {ratio}");
+    assert_eq!(student_pipeline.spec.sampler(reference).guidance, Guidance::NONE);
+
+    let again = root.join("again");
+    distil(&student, &again, 2).unwrap();
+    assert_eq!(PipelineSpec::load(&again).unwrap().distilled, Some(Distilled { steps: 1, from_steps: 4, guidance }));
+    let err = distil(&again, &root.join("none"), 2).unwrap_err();
+    assert!(format!("{err:#}").contains("cannot be halved"), "{err:#}");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -219,6 +219,7 @@ impl Scheduler {
             ?device,
             context = layout.frames,
             anchors = layout.anchors,
+            distilled_to_steps = spec.distilled.map(|d| d.steps),
             "model loaded"
         );
         if settings.anchors > layout.anchors {
@@ -229,12 +230,13 @@ impl Scheduler {
                 "fewer anchors than configured: the pipeline was not trained with them, or the context is too short"
             );
         }
+        let sampler = spec.sampler(settings.sampler);
         Ok(Arc::new(Scheduler {
             tx: Mutex::new(tx),
             first_chunk_frames: 1 + factor * (window - 1),
             chunk_frames: factor * layout.new_frames(window),
             spec,
-            settings: ModelSettings { context_frames: layout.frames, anchors: layout.anchors, ..settings },
+            settings: ModelSettings { sampler, context_frames: layout.frames, anchors: layout.anchors, ..settings },
             stats,
             device,
             text: Arc::new(text),
@@ -276,6 +278,8 @@ fn run<B: Backend>(
             return;
         }
     };
+    // A distilled denoiser samples in its own steps, without guidance on top of its own.
+    let settings = ModelSettings { sampler: pipeline.spec.sampler(settings.sampler), ..settings };
     let window = pipeline.spec.window;
     let layout = ContextLayout {
         frames: settings.context_frames,

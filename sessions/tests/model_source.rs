@@ -1,7 +1,8 @@
 //! The model as a frame source, on a micro pipeline trained for a few steps in the test: the
 //! context stays bounded over 1000 chunks, sessions sharing the device get the frames they get
 //! alone, a steer changes the stream from the chunk it names and no earlier, forks continue
-//! exactly and diverge only when steered apart, and a prompt timeline replays bit for bit.
+//! exactly and diverge only when steered apart, a prompt timeline replays bit for bit, and a
+//! distilled pipeline streams in its own steps.
 //!
 //! Needs all-MiniLM-L6-v2 (scripts/fetch-minilm.sh); skipped with a message without it unless
 //! ENDLESS_REQUIRE_MINILM is set.
@@ -190,4 +191,46 @@ fn a_steer_rolls_back_the_buffered_chunks_and_equals_its_replay() {
     assert_eq!(replay.steer(17, "a city at night in heavy snow", 0.0).unwrap(), 17);
     let replayed = run(&mut replay, 1, 30);
     assert!(replayed[..14] == first[..14] && replayed[14..30] == again[..], "the rolled-back stream is not its replay");
+}
+
+/// A distilled pipeline is served in the steps it was distilled to, with one pass per step (its
+/// guidance built in), whatever the configured steps and guidance.
+#[test]
+fn a_distilled_pipeline_streams_in_its_own_steps_without_guidance() {
+    use endless_model::diffusion::Guidance;
+    use endless_model::train::{DistillFrom, TrainDenoiserOptions, train_denoiser};
+    let (Some(teacher), Some(text)) = (pipeline_dir(), dir_for_tests()) else { return };
+    let dir = std::env::temp_dir().join(format!("endless-model-source-distilled-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let from = DistillFrom { teacher, teacher_steps: 4, guidance: Guidance { text: 2.0, context: 1.0 } };
+    let options = TrainDenoiserOptions {
+        batch: 2,
+        steps: 2,
+        log_every: 0,
+        checkpoint_every: 0,
+        ..TrainDenoiserOptions::distilling(from, &text, &dir).unwrap()
+    };
+    train_denoiser::<burn::backend::Autodiff<burn::backend::Flex>>(&options, &Default::default()).unwrap();
+    let s = Scheduler::start(ModelSettings {
+        dir: dir.clone(),
+        text_dir: text,
+        device: DeviceKind::Cpu,
+        sampler: SamplerSettings { steps: 8, ..SamplerSettings::default() },
+        min_steps: 1,
+        context_frames: 2,
+        anchors: 1,
+        anchor_every: 2,
+        max_batch: 2,
+        ema: true,
+        history_frames: 64,
+    })
+    .expect("the scheduler starts");
+    assert_eq!(s.settings.sampler.steps, 2);
+    assert_eq!(s.settings.sampler.guidance, Guidance::NONE);
+    let mut source = ModelSource::new(s.clone(), "snowy mountains at night", 1);
+    let frames = run(&mut source, 3, s.chunk_frames);
+    assert_eq!(frames.len(), 3 * s.chunk_frames);
+    let stats = source.stats();
+    assert_eq!((stats["steps"].as_u64(), stats["full_steps"].as_u64()), (Some(2), Some(2)), "{stats}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -58,6 +58,9 @@ impl Default for Guidance {
 }
 
 impl Guidance {
+    /// No guidance: one conditional pass.
+    pub const NONE: Guidance = Guidance { text: 1.0, context: 1.0 };
+
     /// v̂ = v(∅,∅) + w_ctx·(v(ctx,∅) − v(∅,∅)) + w_text·(v(ctx,text) − v(ctx,∅)).
     ///
     /// `null`: neither condition; `context_only`: past frames, no text; `full`: both.

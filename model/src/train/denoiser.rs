@@ -32,6 +32,7 @@
 //! `pipeline.json`, `optim.bin`, `loss.csv` and `loss.png`.
 
 use super::common::{Feeder, Optim, Optimisation, ema_update, load_optim, param_ids, save_optim};
+use super::distill::{DistillFrom, distill_loss};
 use super::plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
 use super::vae::TrainSummary;
 use crate::checkpoint::{self, Precision};
@@ -104,6 +105,9 @@ pub struct TrainDenoiserOptions {
     /// Stop (with a checkpoint) after the first step that ends past this much wall-clock time,
     /// for training in legs of fixed length; `None`: run to `steps`.
     pub time_limit: Option<Duration>,
+    /// Progressive distillation ([`super::distill`]): the run starts from this teacher's
+    /// weights and learns to take two of its steps in one; `None`: ordinary training.
+    pub distill: Option<DistillFrom>,
 }
 
 impl TrainDenoiserOptions {
@@ -151,7 +155,28 @@ impl TrainDenoiserOptions {
             checkpoint_every: 500,
             log_every: 10,
             time_limit: None,
+            distill: None,
         }
+    }
+
+    /// Options that distil `from`'s teacher into `out`: the teacher's frame size, rate,
+    /// window, VAE and model; its anchors when it was trained with them. Distillation wants a
+    /// smaller learning rate than training from scratch (1e-4) and no warm-up.
+    pub fn distilling(from: DistillFrom, text: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Result<Self> {
+        let spec = PipelineSpec::load(&from.teacher)?;
+        let teacher = crate::pipeline::denoiser_path(&from.teacher, true);
+        let config: DenoiserConfig = checkpoint::read_config(&teacher)?;
+        Ok(TrainDenoiserOptions {
+            width: spec.width,
+            height: spec.height,
+            fps: spec.fps,
+            window: spec.window,
+            anchor_fraction: if spec.anchors { 0.25 } else { 0.0 },
+            image_fraction: 0.0,
+            distill: Some(from.clone()),
+            ..TrainDenoiserOptions::new(config, from.teacher.join(VAE_FILE), text, out)
+        }
+        .with_optim(|o| Optimisation { lr: 1e-4, warmup: 0, ..o }))
     }
 
     /// These options with the optimiser's settings changed by `f`.
@@ -160,7 +185,7 @@ impl TrainDenoiserOptions {
     }
 
     /// A uniform number in [0, 1) for draw `k` of item `i` of step `step`.
-    fn uniform(&self, step: i64, i: usize, k: i64) -> f64 {
+    pub(crate) fn uniform(&self, step: i64, i: usize, k: i64) -> f64 {
         let h = noise_hash(noise_hash(self.seed, step, 11), i as i64, k);
         (h >> 11) as f64 / (1u64 << 53) as f64
     }
@@ -345,10 +370,13 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
         TextEncoder::<B::InnerBackend>::load(&o.text, device)
             .with_context(|| format!("loading the text encoder from {}", o.text.display()))?,
     );
+    let teacher = o.distill.as_ref().map(|d| d.load::<B::InnerBackend>(device)).transpose()?;
     let ckpt = o.out.join(DENOISER_FILE);
     let resuming = o.resume && checkpoint::config_path(&ckpt).exists();
     let config = if resuming {
         checkpoint::read_config(&ckpt)?
+    } else if let Some(teacher) = &teacher {
+        teacher.pipeline.denoiser_config.clone()
     } else {
         o.config.clone().with_latent_channels(vae_config.latent_channels).with_text_dim(text.dim())
     };
@@ -379,27 +407,42 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
         eprintln!("resuming {} at step {step} ({samples_seen} samples seen)", ckpt.display());
         Run { config: config.clone(), spec, model, optim, ema, step, samples_seen, rows }
     } else {
-        let started = Instant::now();
-        let (latent_mean, latent_std) = latent_stats(&encoder, o.stats_batches);
-        eprintln!(
-            "latents: mean {latent_mean:.4}, std {latent_std:.4} over {} batches ({:.1} s)",
-            o.stats_batches,
-            started.elapsed().as_secs_f64()
-        );
-        copy_vae(&o.vae, &o.out)?;
-        let spec = PipelineSpec {
-            width: o.width,
-            height: o.height,
-            fps: o.fps,
-            window: o.window,
-            latent_mean,
-            latent_std,
-            schedule: o.schedule(&vae_config),
-            anchors: o.anchor_fraction > 0.0,
+        let spec = match &teacher {
+            Some(teacher) => teacher.student_spec(),
+            None => {
+                let started = Instant::now();
+                let (latent_mean, latent_std) = latent_stats(&encoder, o.stats_batches);
+                eprintln!(
+                    "latents: mean {latent_mean:.4}, std {latent_std:.4} over {} batches ({:.1} s)",
+                    o.stats_batches,
+                    started.elapsed().as_secs_f64()
+                );
+                PipelineSpec {
+                    width: o.width,
+                    height: o.height,
+                    fps: o.fps,
+                    window: o.window,
+                    latent_mean,
+                    latent_std,
+                    schedule: o.schedule(&vae_config),
+                    anchors: o.anchor_fraction > 0.0,
+                    distilled: None,
+                }
+            }
         };
-        B::seed(device, noise_hash(o.seed, -1, 0));
-        let model: Denoiser<B> = config.init(device);
-        param_ids(&model); // initialise every parameter now, from the seed
+        copy_vae(&o.vae, &o.out)?;
+        let model: Denoiser<B> = match &o.distill {
+            // The student starts as its teacher.
+            Some(d) => {
+                checkpoint::load(config.init(device), &crate::pipeline::denoiser_path(&d.teacher, true), device)?
+            }
+            None => {
+                B::seed(device, noise_hash(o.seed, -1, 0));
+                let model = config.init(device);
+                param_ids(&model); // initialise every parameter now, from the seed
+                model
+            }
+        };
         let ema = o.optim.ema_decay.map(|_| model.valid());
         let optim = adamw.init::<B, Denoiser<B>>();
         Run { config: config.clone(), spec, model, optim, ema, step: 0, samples_seen: 0, rows: Vec::new() }
@@ -423,8 +466,11 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             .sub_scalar(run.spec.latent_mean)
             .div_scalar(run.spec.latent_std);
         let t = latents.dims()[2];
-        let loss =
-            step_loss(o, &run.model, &run.spec.schedule, latents, &batch.embeddings, batch.anchors.as_deref(), step);
+        let anchors = batch.anchors.as_deref();
+        let loss = match &teacher {
+            Some(teacher) => distill_loss(o, &run.model, teacher, latents, &batch.embeddings, anchors, step),
+            None => step_loss(o, &run.model, &run.spec.schedule, latents, &batch.embeddings, anchors, step),
+        };
         let grads = GradientsParams::from_grads(loss.backward(), &run.model);
         let lr = o.optim.lr_at(step, o.steps);
         run.model = run.optim.step(lr, run.model, grads);
@@ -494,27 +540,7 @@ pub fn step_loss<B: AutodiffBackend>(
     let z_t = x.clone() * alpha.clone() + eps.clone() * sigma.clone();
     let target = eps * alpha.clone() - x.clone() * sigma.clone();
 
-    // Frame prediction: 1 or 2 clean past frames for some clips; an anchor and 1 or 2 for
-    // every clip of an anchored batch.
-    let mut given = vec![false; b * t];
-    let lead = usize::from(anchors.is_some());
-    if t > 1 {
-        for i in 0..b {
-            if anchors.is_some() || o.uniform(step, i, 4) < o.frame_prediction {
-                let k = if o.uniform(step, i, 5) < 0.5 || t == 2 + lead { 1 } else { 2 };
-                given[i * t..i * t + lead + k].fill(true);
-            }
-        }
-    }
-    let positions =
-        anchors.map(|distances| distances.iter().map(|&d| FramePosition::window(&[d], t - 1)).collect::<Vec<_>>());
-    let context = given.iter().any(|&g| g).then(|| FrameContext {
-        latents: x.clone(),
-        frame_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(given, [b, t]), &device),
-    });
-    let dropped: Vec<bool> = (0..b).map(|i| o.uniform(step, i, 6) < o.text_dropout).collect();
-    let text = TextCondition::from(TextBatch::<B>::from_embeddings(embeddings, &device))
-        .drop_where(Tensor::from_data(TensorData::new(dropped, [b]), &device));
+    let Conditions { context, positions, text, .. } = conditions(o, &x, embeddings, anchors, step, o.text_dropout);
     let t_in = Tensor::<B, 1>::from_data(TensorData::new(times.iter().map(|&s| s as f32).collect(), [b]), &device);
     let input = |self_cond| DenoiserInput {
         z_t: z_t.clone(),
@@ -530,6 +556,51 @@ pub fn step_loss<B: AutodiffBackend>(
     });
     let v = model.forward(input(self_cond));
     (v - target).square().mean()
+}
+
+/// What a training batch is conditioned on.
+pub(crate) struct Conditions<B: Backend> {
+    /// `[b, t]` flattened: the frames given clean.
+    pub given: Vec<bool>,
+    pub context: Option<FrameContext<B>>,
+    pub positions: Option<Vec<Vec<FramePosition>>>,
+    pub text: TextCondition<B>,
+}
+
+/// The conditions of the batch `x` (`[b, c, t, h, w]`, normalised) at `step`: frame prediction
+/// gives 1 or 2 clean past frames to some clips (an anchor and 1 or 2 to every clip of an
+/// anchored batch), and each prompt is dropped with probability `text_dropout`. The draws
+/// depend on `(seed, step)` only, so any backend gets the same ones.
+pub(crate) fn conditions<B: Backend>(
+    o: &TrainDenoiserOptions,
+    x: &Tensor<B, 5>,
+    embeddings: &[Arc<TextEmbedding>],
+    anchors: Option<&[usize]>,
+    step: i64,
+    text_dropout: f64,
+) -> Conditions<B> {
+    let [b, _, t, _, _] = x.dims();
+    let device = x.device();
+    let mut given = vec![false; b * t];
+    let lead = usize::from(anchors.is_some());
+    if t > 1 {
+        for i in 0..b {
+            if anchors.is_some() || o.uniform(step, i, 4) < o.frame_prediction {
+                let k = if o.uniform(step, i, 5) < 0.5 || t == 2 + lead { 1 } else { 2 };
+                given[i * t..i * t + lead + k].fill(true);
+            }
+        }
+    }
+    let positions =
+        anchors.map(|distances| distances.iter().map(|&d| FramePosition::window(&[d], t - 1)).collect::<Vec<_>>());
+    let context = given.iter().any(|&g| g).then(|| FrameContext {
+        latents: x.clone(),
+        frame_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(given.clone(), [b, t]), &device),
+    });
+    let dropped: Vec<bool> = (0..b).map(|i| o.uniform(step, i, 6) < text_dropout).collect();
+    let text = TextCondition::from(TextBatch::<B>::from_embeddings(embeddings, &device))
+        .drop_where(Tensor::from_data(TensorData::new(dropped, [b]), &device));
+    Conditions { given, context, positions, text }
 }
 
 /// A very small VAE (8–16 channels) with its initial weights, saved into `dir`: a fixed encoder

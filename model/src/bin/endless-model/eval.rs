@@ -296,6 +296,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
     use endless_model::text::{TextEncoder, default_dir};
     use endless_model::train::{load_evaluator, write_series_plot};
     let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
+    crate::generate::say_if_distilled(&pipeline);
     let evaluator = load_evaluator::<B>(&args.evaluator, device)?;
     let text_dir = args.text.clone().unwrap_or_else(default_dir);
     let text = TextEncoder::<B>::load(&text_dir, device)
@@ -307,12 +308,12 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
         let options = GenerationEvalOptions {
             cases: args.cases,
             clip_seconds: args.clip_seconds,
-            settings: SamplerSettings {
+            settings: pipeline.spec.sampler(SamplerSettings {
                 steps: args.steps.max(1),
                 eta: 0.0,
                 guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
                 mode,
-            },
+            }),
             layout: ContextLayout { frames: args.context, anchors: args.anchors, anchor_every: args.anchor_every },
             drift_minutes: args.drift_minutes,
             switch_cases: args.switch_cases,

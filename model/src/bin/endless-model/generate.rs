@@ -10,7 +10,7 @@ use endless_model::media::{Size, contact_sheet, write_mp4, write_png};
 use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings};
 use endless_model::rolling::{ContextLayout, RollingContext};
 use endless_model::text::{TextEncoder, default_dir};
-use endless_model::train::{LrSchedule, Optimisation, TrainDenoiserOptions, train_denoiser};
+use endless_model::train::{DistillFrom, LrSchedule, Optimisation, TrainDenoiserOptions, train_denoiser};
 use endless_model::vae::StreamState;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -234,6 +234,112 @@ fn train_on<B: AutodiffBackend>(device: &B::Device, options: &TrainDenoiserOptio
 }
 
 #[derive(clap::Args)]
+pub struct DistillArgs {
+    /// The teacher's pipeline folder: a trained one, or the student of an earlier round.
+    #[arg(long)]
+    teacher: PathBuf,
+    /// DDIM steps of an undistilled teacher (a distilled one's are in its pipeline.json); the
+    /// student takes half.
+    #[arg(long, default_value_t = 32)]
+    teacher_steps: usize,
+    /// Classifier-free guidance scale of the text built into the student (undistilled teacher).
+    #[arg(long, default_value_t = 3.0)]
+    text_guidance: f64,
+    /// Classifier-free guidance scale of the past frames built into the student.
+    #[arg(long, default_value_t = 1.0)]
+    context_guidance: f64,
+    /// Clips per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// The step to stop at.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Learning rate (constant).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Decay of the EMA of the weights; 0 turns the EMA off.
+    #[arg(long, default_value_t = 0.999)]
+    ema: f64,
+    /// The undistilled pipeline the report compares with (default: the teacher).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Held-out prompts of the report (one stream of two chunks each).
+    #[arg(long, default_value_t = 8)]
+    report_prompts: usize,
+    /// all-MiniLM-L6-v2 folder (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Output folder: becomes a pipeline folder.
+    #[arg(long, default_value = "runs/distilled")]
+    out: PathBuf,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceKind,
+}
+
+pub fn distill(args: DistillArgs) -> Result<()> {
+    let from = DistillFrom {
+        teacher: args.teacher.clone(),
+        teacher_steps: args.teacher_steps,
+        guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
+    };
+    let text = args.text.clone().unwrap_or_else(default_dir);
+    let options = TrainDenoiserOptions {
+        batch: args.batch,
+        steps: args.steps,
+        seed: args.run.seed,
+        resume: args.run.resume,
+        checkpoint_every: args.run.checkpoint_every,
+        log_every: args.run.log_every,
+        time_limit: args.run.time_limit(),
+        ..TrainDenoiserOptions::distilling(from, &text, &args.out)?
+    }
+    .with_optim(|o| Optimisation { lr: args.lr, ema_decay: (args.ema > 0.0).then_some(args.ema), ..o });
+    on_device!(args.device, distill_on, autodiff, &args, &options)
+}
+
+fn distill_on<B: AutodiffBackend>(
+    device: &B::Device,
+    args: &DistillArgs,
+    options: &TrainDenoiserOptions,
+) -> Result<()> {
+    train_on::<B>(device, options)?;
+    // How closely the student follows the reference, against the reference with fewer steps.
+    let student = Pipeline::<B::InnerBackend>::load(&args.out, true, device)?;
+    let distilled = student.spec.distilled.context("the student's pipeline.json says it is distilled")?;
+    let (reference_dir, reference_settings) = match &args.reference {
+        Some(dir) => (
+            dir.clone(),
+            SamplerSettings { steps: distilled.from_steps, guidance: distilled.guidance, ..Default::default() },
+        ),
+        None => {
+            let teacher = Pipeline::<B::InnerBackend>::load(&args.teacher, true, device)?;
+            let steps = teacher.spec.distilled.map_or(args.teacher_steps, |d| d.steps);
+            (args.teacher.clone(), SamplerSettings { steps, guidance: distilled.guidance, ..Default::default() })
+        }
+    };
+    let reference = Pipeline::<B::InnerBackend>::load(&reference_dir, true, device)?;
+    let text_dir = args.text.clone().unwrap_or_else(default_dir);
+    let text = TextEncoder::<B::InnerBackend>::load(&text_dir, device)
+        .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;
+    let prompts: Vec<_> = endless_model::eval::held_out_cases(args.report_prompts.max(1), args.run.seed)
+        .iter()
+        .map(|case| text.embed(&case.prompt))
+        .collect();
+    let a = endless_model::train::agreement(&student, &reference, &reference_settings, &prompts, args.run.seed);
+    println!("| sampler | steps | latent MSE from {} at {} steps |", reference_dir.display(), a.teacher_steps);
+    println!("|---|---|---|");
+    println!("| distilled student | {} | {:.5} |", a.student_steps, a.student_mse);
+    println!("| reference, fewer steps | {} | {:.5} |", a.student_steps, a.teacher_few_steps_mse);
+    let path = args.out.join("distillation.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&a)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub struct SampleArgs {
     /// A pipeline folder (what `train` writes).
     #[arg(long)]
@@ -291,6 +397,16 @@ pub struct SampleArgs {
     device: DeviceKind,
 }
 
+/// Tells that `pipeline` samples in its own steps, its guidance built in, when it is distilled.
+pub fn say_if_distilled<B: Backend>(pipeline: &Pipeline<B>) {
+    if let Some(d) = pipeline.spec.distilled {
+        eprintln!(
+            "distilled from {} steps: {} steps, one pass each, guidance (text {}, past frames {}) built in",
+            d.from_steps, d.steps, d.guidance.text, d.guidance.context
+        );
+    }
+}
+
 /// An extension mode by name; `weight` is the reconstruction-guidance weight of `guided`.
 pub fn parse_mode(name: &str, weight: f64) -> Result<ExtendMode> {
     Ok(match name {
@@ -321,6 +437,8 @@ pub fn sample(args: SampleArgs) -> Result<()> {
 fn sample_on<B: Backend>(device: &B::Device, args: &SampleArgs, settings: &SamplerSettings) -> Result<()> {
     let started = Instant::now();
     let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
+    say_if_distilled(&pipeline);
+    let settings = &pipeline.spec.sampler(*settings);
     let text_dir = args.text.clone().unwrap_or_else(default_dir);
     let text = TextEncoder::<B>::load(&text_dir, device)
         .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;

@@ -76,6 +76,10 @@ enum Command {
     /// Trains the denoiser on latents of a trained VAE (`--vae`); --out becomes a pipeline
     /// folder for `sample` and the service.
     Train(Box<generate::TrainArgs>),
+    /// Progressive distillation: trains a student that samples in half its teacher's DDIM steps
+    /// (its guidance built in), then reports how closely it follows the teacher; --out becomes
+    /// a pipeline folder, and the teacher of the next round.
+    Distill(Box<generate::DistillArgs>),
     /// Writes a trained pipeline folder as the service ships it: the denoiser's EMA weights (or
     /// its weights without an EMA) and the VAE in f16, and pipeline.json.
     Export {
@@ -210,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embed { prompt, dir } => text_embed(&prompt, dir),
         Command::TextBench { dir, rounds } => text_bench(dir, rounds),
         Command::Train(args) => generate::train(*args),
+        Command::Distill(args) => generate::distill(*args),
         Command::Sample(args) => generate::sample(*args),
         Command::Export { model, out } => export(&model, &out),
         Command::EvalVae(args) => eval::eval_vae(args),
