@@ -6,10 +6,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::PadMode;
-use burn::tensor::{Int, Tensor};
 
 /// The extent of a video inside the network, per batch element: frames and pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,31 @@ impl Extent {
 fn conv_flops<B: Backend>(conv: &Conv2d<B>, positions: f64) -> f64 {
     let [c_out, c_in, kh, kw] = conv.weight.dims();
     2.0 * (c_out * c_in * kh * kw) as f64 * positions
+}
+
+/// `conv.forward(x)` (`[n, c, h, w]`) of a 1×1 convolution, as a matrix product.
+///
+/// burn's `conv2d` backward on the CPU backend computes the weight gradient as a convolution of
+/// batch-and-channel-swapped tensors, which it makes contiguous element by element; the
+/// product's gradients are products. With the temporal and skip convolutions done this way (and
+/// the temporal taps sliced, not gathered), a VAE training step takes 38 % fewer CPU cycles
+/// (`perf`, 64², 9 frames, batch 4). The 3×3 convolutions stay burn's: as a product of 9
+/// shifted slices they were slower, every slice's gradient being a zero-padded copy of the
+/// whole input.
+///
+/// # Panics
+/// If `conv` is not a plain 1×1 convolution.
+pub fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let [c_out, c_in, kh, kw] = conv.weight.dims();
+    assert!(c == c_in && kh == 1 && kw == 1, "a 1×1 convolution of {c_in} channels");
+    assert!(conv.stride == [1, 1] && conv.groups == 1, "a plain 1×1 convolution");
+    let y = conv.weight.val().reshape([1, c_out, c_in]).matmul(x.reshape([n, c, h * w])); // [n, c_out, hw]
+    let y = match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, c_out, 1]),
+        None => y,
+    };
+    y.reshape([n, c_out, h, w])
 }
 
 /// The causal past a chunked (streaming) decode carries from one chunk to the next: for every
@@ -153,7 +178,8 @@ impl<B: Backend> CausalConv<B> {
     /// With a state, if the temporal stride is not 1.
     pub fn forward_stream(&self, x: Tensor<B, 5>, state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
         let [b, t, c, h, w] = x.dims();
-        let y = self.spatial.forward(x.reshape([b * t, c, h, w])); // [b*t, c', h', w']
+        let x = x.reshape([b * t, c, h, w]);
+        let y = self.spatial.forward(x); // [b*t, c', h', w']
         let [_, c, h, w] = y.dims();
         let Some(temporal) = &self.temporal else {
             return y.reshape([b, t, c, h, w]);
@@ -169,16 +195,24 @@ impl<B: Backend> CausalConv<B> {
             }
             None => y.pad([(k - 1, 0), (0, 0), (0, 0), (0, 0)], PadMode::Edge),
         };
-        // Output frame j sees padded frames j·s .. j·s + k: gather each shift, stack along channels.
+        // Output frame j sees padded frames j·s + i, i < k: each shift i is a slice (every s-th
+        // frame of one, through a reshape), stacked along channels. Slices, not an index
+        // `select`: the CPU backend's backward of `select` (a scalar scatter-add) took a quarter
+        // of a VAE training step.
+        let y = if s > 1 { y.pad([(0, s - 1), (0, 0), (0, 0), (0, 0)], PadMode::Constant(0.0)) } else { y };
         let shifts = (0..k)
             .map(|i| {
-                let frames = (i + s * (t_out - 1) + 1) as i64;
-                let index = Tensor::<B, 1, Int>::arange_step(i as i64..frames, s, &y.device());
-                y.clone().select(1, index) // [b, t', c', h', w']
+                let shift = y.clone().narrow(1, i, s * t_out); // frames i .. i + s·t'
+                if s == 1 {
+                    shift
+                } else {
+                    // The padding's frames are never among those taken: i + s·(t' − 1) < t + k − 1.
+                    shift.reshape([b, t_out, s, c, h, w]).narrow(2, 0, 1).reshape([b, t_out, c, h, w])
+                }
             })
             .collect();
         let y = Tensor::cat(shifts, 2).reshape([b * t_out, k * c, h, w]); // [b*t', k*c', h', w']
-        temporal.forward(y).reshape([b, t_out, c, h, w])
+        conv1x1(temporal, y).reshape([b, t_out, c, h, w])
     }
 
     /// FLOPs (2 × multiply-adds) for one video of `input`, and the output's extent.
@@ -276,7 +310,7 @@ impl<B: Backend> ResBlock<B> {
         let skip = match &self.skip {
             Some(skip) => {
                 let [b, t, c, h, w] = x.dims();
-                let x = skip.forward(x.reshape([b * t, c, h, w])); // [b*t, c_out, h, w]
+                let x = conv1x1(skip, x.reshape([b * t, c, h, w])); // [b*t, c_out, h, w]
                 let c_out = x.dims()[1];
                 x.reshape([b, t, c_out, h, w])
             }
@@ -364,6 +398,57 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
     use burn::tensor::Distribution;
+
+    /// Output frame j of a strided causal convolution sees the spatial outputs of input frames
+    /// j·s − (k − 1) + i, i < k, the ones before the first being copies of it.
+    #[test]
+    fn a_strided_causal_conv_sees_the_right_frames() {
+        let device = Default::default();
+        let (k, s, t) = (3, 2, 7);
+        let conv = CausalConvConfig::new([2, 3]).with_temporal_kernel(k).with_temporal_stride(s).init::<Flex>(&device);
+        let x = Tensor::<Flex, 5>::random([2, t, 2, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let out = conv.forward(x.clone());
+        let spatial = conv.spatial.forward(x.reshape([2 * t, 2, 4, 4])).reshape([2, t, 3, 4, 4]);
+        let temporal = conv.temporal.as_ref().unwrap();
+        assert_eq!(out.dims(), [2, 4, 3, 4, 4]);
+        for j in 0..4 {
+            let frames: Vec<_> = (0..k)
+                .map(|i| {
+                    let f = (j * s + i).saturating_sub(k - 1);
+                    spatial.clone().narrow(1, f, 1).reshape([2, 3, 4, 4])
+                })
+                .collect();
+            let expected = temporal.forward(Tensor::cat(frames, 1));
+            let got = out.clone().narrow(1, j, 1).reshape([2, 3, 4, 4]);
+            let d = (got - expected).abs().max().into_scalar();
+            assert!(d < 1e-5, "frame {j} differs by {d}");
+        }
+    }
+
+    /// The matrix-product 1×1 convolution equals burn's, in value and in every gradient.
+    #[test]
+    fn conv1x1_is_conv2d() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        for (c_in, c_out, h, w) in [(6, 3, 4, 5), (24, 8, 1, 3)] {
+            let conv = Conv2dConfig::new([c_in, c_out], [1, 1]).init::<A>(&device);
+            let x = Tensor::<A, 4>::random([3, c_in, h, w], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let probe = Tensor::<A, 4>::random([3, c_out, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let ours = conv1x1(&conv, x.clone());
+            let burns = conv.forward(x.clone());
+            let d = (ours.clone() - burns.clone()).abs().max().into_scalar();
+            assert!(d < 1e-5, "outputs differ by {d}");
+            let g1 = (ours * probe.clone()).sum().backward();
+            let g2 = (burns * probe).sum().backward();
+            let diff = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>| (a - b).abs().max().into_scalar();
+            let dx = diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+            let dw = diff(conv.weight.grad(&g1).unwrap(), conv.weight.grad(&g2).unwrap());
+            let bias = conv.bias.as_ref().unwrap();
+            let db = (bias.grad(&g1).unwrap() - bias.grad(&g2).unwrap()).abs().max().into_scalar();
+            assert!(dx < 1e-4 && dw < 1e-4 && db < 1e-4, "gradients differ by {dx}, {dw}, {db}");
+        }
+    }
 
     #[test]
     fn frame_norm_is_group_norm_of_every_frame() {
