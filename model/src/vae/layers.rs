@@ -51,7 +51,9 @@ pub fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     assert!(conv.stride == [1, 1] && conv.groups == 1, "a plain 1×1 convolution");
     let y = conv.weight.val().reshape([1, c_out, c_in]).matmul(x.reshape([n, c, h * w])); // [n, c_out, hw]
     let y = match &conv.bias {
-        Some(bias) => y + bias.val().reshape([1, c_out, 1]),
+        // Repeated to [n, c_out, 1]: flex adds a per-row scalar with SIMD, but walks a
+        // [1, c_out, 1] broadcast element by element (as in `frame_norm`).
+        Some(bias) => y + bias.val().reshape([1, c_out, 1]).repeat_dim(0, n),
         None => y,
     };
     y.reshape([n, c_out, h, w])
