@@ -515,6 +515,23 @@ mod tests {
     use super::*;
     use crate::device::Resolved;
 
+    /// A spec written before distillation existed reads as undistilled and samples as asked; a
+    /// distilled one samples in its own steps without guidance.
+    #[test]
+    fn a_distilled_spec_sets_the_steps_and_drops_the_guidance() {
+        let old = r#"{"width": 128, "height": 128, "fps": 8.0, "window": 4, "latent_mean": 0.0,
+            "latent_std": 1.0, "schedule": {"logsnr_shift": 0.0, "logsnr_min": -15.0, "logsnr_max": 15.0}}"#;
+        let spec: PipelineSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.distilled, None);
+        let asked = SamplerSettings { steps: 8, ..SamplerSettings::default() };
+        assert_eq!(spec.sampler(asked), asked);
+        let guidance = Guidance { text: 3.0, context: 1.5 };
+        let distilled = PipelineSpec { distilled: Some(Distilled { steps: 4, from_steps: 32, guidance }), ..spec };
+        let json = serde_json::to_string(&distilled).unwrap();
+        assert_eq!(serde_json::from_str::<PipelineSpec>(&json).unwrap(), distilled);
+        assert_eq!(distilled.sampler(asked), SamplerSettings { steps: 4, guidance: Guidance::NONE, ..asked });
+    }
+
     #[test]
     fn the_device_picks_the_tier() {
         let root = std::env::temp_dir().join(format!("endless-tiers-{}", std::process::id()));
