@@ -182,8 +182,8 @@ fn print_accuracy(report: &endless_model::train::AccuracyReport) {
 
 #[derive(clap::Args)]
 pub struct EvalEvaluatorArgs {
-    /// The evaluator's folder (what `train-evaluator` writes).
-    #[arg(long)]
+    /// The evaluator's folder (what `train-evaluator` writes); the repository ships one.
+    #[arg(long, default_value = "models/evaluator")]
     evaluator: PathBuf,
     /// The clips, as trained.
     #[command(flatten)]
@@ -229,8 +229,8 @@ pub struct EvalArgs {
     /// A pipeline folder.
     #[arg(long)]
     model: PathBuf,
-    /// The evaluator's folder (what `train-evaluator` writes).
-    #[arg(long)]
+    /// The evaluator's folder (what `train-evaluator` writes); the repository ships one.
+    #[arg(long, default_value = "models/evaluator")]
     evaluator: PathBuf,
     /// Held-out prompts, one clip each.
     #[arg(long, default_value_t = 12)]
