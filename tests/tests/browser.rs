@@ -14,7 +14,8 @@ fn the_page_starts_a_stream_and_steers_it() {
     // The page offers the size and rate the server streams by default (`GET /api/source`).
     browser.wait_for(
         "the server's default size",
-        "return window.endlessStats.source === 'world' && document.querySelector('#size').value === '128x128' \
+        "return !!window.endlessStats && window.endlessStats.source === 'world' \
+         && document.querySelector('#size').value === '128x128' \
          && document.querySelector('#fps').value === '12'",
         Duration::from_secs(10),
     );
