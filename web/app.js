@@ -616,12 +616,15 @@ function wire() {
  * size and rate it was trained for, so that becomes the only choice; the world renders any
  * size, and the server's default is added to the choices and selected.
  */
-async function loadSource() {
+async function loadSource(attempt = 0) {
   let info;
   try {
     info = await getJson('/api/source');
-  } catch {
-    return; // an older server: keep the page's choices
+  } catch (e) {
+    // A server without the endpoint answers 404: keep the page's choices. A failed request
+    // (the server still starting, a dropped connection) is tried again a few times.
+    if (e.message !== '404' && attempt < 5) setTimeout(() => loadSource(attempt + 1), 250 * 2 ** attempt);
+    return;
   }
   const offer = (select, value, label) => {
     value = String(value);

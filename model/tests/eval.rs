@@ -122,7 +122,11 @@ fn the_evaluator_trains_saves_and_reloads() {
 fn the_shipped_evaluator_reads_held_out_clips() {
     use endless_model::train::load_evaluator;
     use endless_model::world::{ClipOptions, Split};
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/evaluator");
+    // At run time (cargo sets it for tests): a shared target directory may hold this binary
+    // from another checkout.
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    let dir = manifest.join("../models/evaluator");
     let device = Default::default();
     let evaluator = load_evaluator::<Flex>(&dir, &device).unwrap();
     let o = ClipOptions { width: 128, height: 128, frames: 16, fps: 8.0, transition_probability: 0.5 };

@@ -10,6 +10,16 @@ pub mod client;
 /// this test (a test runs from `target/<profile>/deps/`, the load and soak binaries from
 /// `target/<profile>/`). `ENDLESS_BIN` overrides the `endless` binary, for a run that must
 /// not pick up a rebuild in a shared target directory.
+/// `relative` in the repository. Read at run time from `CARGO_MANIFEST_DIR`, which cargo sets
+/// for the tests it runs: the path compiled in is where the crate was built, and a shared
+/// target directory can hold a build of another checkout that cargo still counts as fresh
+/// (a browser test once loaded the page from a checkout that no longer existed).
+pub fn repo_path(relative: &str) -> PathBuf {
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    manifest.join("..").join(relative)
+}
+
 pub fn binary(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os("ENDLESS_BIN").filter(|_| name == "endless") {
         return PathBuf::from(p);
@@ -108,13 +118,13 @@ impl TestServer {
     pub fn start(extra: &[&str]) -> TestServer {
         use std::io::BufRead;
         let recordings = tempfile::tempdir().expect("a temp dir");
-        let web = concat!(env!("CARGO_MANIFEST_DIR"), "/../web");
+        let web = repo_path("web");
         let mut child = std::process::Command::new(binary("endless"))
             .args(["--listen", "127.0.0.1:0", "--size", "128x128", "--fps", "12"])
             .arg("--recordings-dir")
             .arg(recordings.path())
             .arg("--set")
-            .arg(format!("server.web_dir={web}"))
+            .arg(format!("server.web_dir={}", web.display()))
             .args(extra)
             .arg("serve")
             .env("RUST_LOG", "warn")

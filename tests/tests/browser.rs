@@ -17,7 +17,7 @@ fn the_page_starts_a_stream_and_steers_it() {
         "return !!window.endlessStats && window.endlessStats.source === 'world' \
          && document.querySelector('#size').value === '128x128' \
          && document.querySelector('#fps').value === '12'",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     browser.type_into("#prompt", "rolling hills on a clear day, camera drifting right");
     browser.click("#start");

@@ -85,8 +85,9 @@ fn endless_config_reports_bad_settings_by_key_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:5: `sessions.fps`: 1000 is out of range 1..=120"), "{err}");
     // The shipped file loads, and a flag overrides it.
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml");
-    let out = Command::new(binary("endless")).args(["--config", config, "--fps", "24", "config"]).output().unwrap();
+    let config = endless_tests::repo_path("config.toml");
+    let out =
+        Command::new(binary("endless")).arg("--config").arg(&config).args(["--fps", "24", "config"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("fps = 24"));
 }
