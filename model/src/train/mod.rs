@@ -1,5 +1,6 @@
 //! Training loops: the VAE ([`vae`]) and the denoiser ([`denoiser`]) on the procedural world,
-//! what they share ([`common`]), and the loss plot ([`plot`]).
+//! the denoiser's progressive distillation ([`distill`]), the evaluator ([`evaluator`]), what
+//! they share ([`common`]), and the loss plot ([`plot`]).
 
 pub mod common;
 pub mod denoiser;
