@@ -527,13 +527,7 @@ pub fn step_loss<B: AutodiffBackend>(
     let step = step as i64;
     // Diffusion times, stratified over the batch so every batch spans the whole range.
     let times: Vec<f64> = (0..b).map(|i| (i as f64 + o.uniform(step, i, 3)) / b as f64).collect();
-    let coefficients: Vec<_> = times.iter().map(|&s| schedule.at(s)).collect();
-    let per_sample = |f: &dyn Fn(usize) -> f64| {
-        let v: Vec<f32> = (0..b).map(|i| f(i) as f32).collect();
-        Tensor::<B, 5>::from_data(TensorData::new(v, [b, 1, 1, 1, 1]), &device)
-    };
-    let alpha = per_sample(&|i| coefficients[i].alpha);
-    let sigma = per_sample(&|i| coefficients[i].sigma);
+    let (alpha, sigma) = coefficients::<B>(schedule, &times, &device);
     let eps_seed = noise_hash(o.seed, step, 12);
     let eps =
         Tensor::<B, 5>::from_data(TensorData::new(gaussian(eps_seed, 0, b * c * t * h * w), [b, c, t, h, w]), &device);
@@ -556,6 +550,17 @@ pub fn step_loss<B: AutodiffBackend>(
     });
     let v = model.forward(input(self_cond));
     (v - target).square().mean()
+}
+
+/// α and σ of the diffusion time of every item, as `[b, 1, 1, 1, 1]` tensors.
+pub(crate) fn coefficients<B: Backend>(
+    schedule: &Schedule,
+    times: &[f64],
+    device: &B::Device,
+) -> (Tensor<B, 5>, Tensor<B, 5>) {
+    let c: Vec<_> = times.iter().map(|&t| schedule.at(t)).collect();
+    let column = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [times.len(), 1, 1, 1, 1]), device);
+    (column(c.iter().map(|c| c.alpha as f32).collect()), column(c.iter().map(|c| c.sigma as f32).collect()))
 }
 
 /// What a training batch is conditioned on.

@@ -24,8 +24,8 @@
 //! the student its own detached x̂ (as in training) and the teacher's first step the same,
 //! its second step the x̂ of its first.
 
-use super::denoiser::{Conditions, TrainDenoiserOptions, conditions};
-use crate::diffusion::{Coefficients, Guidance, Schedule, gaussian};
+use super::denoiser::{Conditions, TrainDenoiserOptions, coefficients, conditions};
+use crate::diffusion::{Guidance, gaussian};
 use crate::dit::{Condition, Denoiser, DenoiserInput};
 use crate::pipeline::{Distilled, ExtendMode, Pipeline, PipelineSpec, SamplerSettings};
 use crate::text::TextEmbedding;
@@ -85,19 +85,6 @@ impl<B: Backend> Teacher<B> {
 
 /// A 5-d tensor on the inner backend of `B`.
 type Inner5<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 5>;
-
-/// `[b, 1, 1, 1, 1]` of one value per item.
-fn per_item<B: Backend>(values: impl Iterator<Item = f64>, device: &B::Device) -> Tensor<B, 5> {
-    let v: Vec<f32> = values.map(|x| x as f32).collect();
-    let b = v.len();
-    Tensor::from_data(TensorData::new(v, [b, 1, 1, 1, 1]), device)
-}
-
-/// α and σ of every item, as `[b, 1, 1, 1, 1]` tensors.
-fn coefficients<B: Backend>(schedule: &Schedule, times: &[f64], device: &B::Device) -> (Tensor<B, 5>, Tensor<B, 5>) {
-    let c: Vec<Coefficients> = times.iter().map(|&t| schedule.at(t)).collect();
-    (per_item(c.iter().map(|c| c.alpha), device), per_item(c.iter().map(|c| c.sigma), device))
-}
 
 /// The distillation loss of one batch of normalised latents `x` (`[b, c, t, h, w]`) at `step`.
 #[allow(clippy::too_many_arguments)]
