@@ -96,6 +96,52 @@ fn train_resume_gives_the_weights_of_a_straight_run() {
     std::fs::remove_dir_all(&split).ok();
 }
 
+/// Fine-tuning the decoder alone, from a trained VAE: the encoder (model and EMA) stays bit for
+/// bit, the decoder moves, and resuming it end to end is refused.
+#[test]
+fn decoder_only_fine_tuning_keeps_the_encoder() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let base = dir("base");
+    train_vae::<B>(&TrainVaeOptions { steps: 3, ..options(base.clone()) }, &device).unwrap();
+    let from = base.join("vae-ema.safetensors");
+    let tuned = dir("decoder");
+    let o = TrainVaeOptions {
+        steps: 4,
+        init_from: Some(from.clone()),
+        decoder_only: true,
+        // A config that is not the checkpoint's: the checkpoint's wins.
+        config: VaeConfig::cpu(),
+        ..options(tuned.clone())
+    };
+    train_vae::<B>(&o, &device).unwrap();
+    let before = common::tensors(&from);
+    for file in ["vae.safetensors", "vae-ema.safetensors"] {
+        let after = common::tensors(&tuned.join(file));
+        assert_eq!(after.len(), before.len(), "{file}: the same model");
+        let (mut encoder, mut decoder_moved) = (0, false);
+        for ((name, a), (other, b)) in before.iter().zip(&after) {
+            assert_eq!(name, other);
+            if name.starts_with("encoder.") {
+                assert!(a == b, "{file}: {name} changed");
+                encoder += 1;
+            } else {
+                decoder_moved |= a != b;
+            }
+        }
+        assert!(encoder > 10, "{file}: {encoder} encoder tensors");
+        assert!(decoder_moved, "{file}: the decoder was trained");
+    }
+    let info = checkpoint::read_info(&tuned.join("vae.safetensors")).unwrap();
+    assert_eq!(info.meta["decoder_only"], true);
+    let end_to_end = TrainVaeOptions { steps: 5, resume: true, decoder_only: false, ..o.clone() };
+    assert!(train_vae::<B>(&end_to_end, &device).is_err(), "a decoder-only run does not resume end to end");
+    let fresh = TrainVaeOptions { init_from: None, resume: false, ..o };
+    assert!(train_vae::<B>(&fresh, &device).is_err(), "decoder-only needs a trained encoder");
+    std::fs::remove_dir_all(&base).ok();
+    std::fs::remove_dir_all(&tuned).ok();
+}
+
 /// A folder of real videos as a second data source: batches decode from it (here every one).
 #[cfg(feature = "gst")]
 #[test]

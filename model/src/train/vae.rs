@@ -11,6 +11,11 @@
 //! of burn (initialisation, the posterior sample) is seeded from `(seed, step)` before each step,
 //! so a run is deterministic for a seed and resuming gives the weights of a straight run.
 //!
+//! **Decoder fine-tuning** (`decoder_only`, from a trained VAE with `init_from`): the encoder
+//! runs outside autodiff and stays bit for bit as it was, so the latents a denoiser was trained
+//! on do not move while the decoder keeps learning (as Stable Diffusion's decoder was
+//! fine-tuned). A pipeline then takes the new VAE in place of the old one.
+//!
 //! A checkpoint is `vae.safetensors` (+ JSON with meta `{step, samples_seen, seed}`), the
 //! optimizer state `optim.bin` (moments keyed by parameter order), `vae-ema.safetensors` when
 //! the EMA is on, `loss.csv` and `loss.png`.
@@ -25,6 +30,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::ElementConversion;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use rayon::prelude::*;
 use std::path::PathBuf;
@@ -59,6 +65,12 @@ pub struct TrainVaeOptions {
     pub out: PathBuf,
     /// Continue from `out/vae.safetensors` if it exists.
     pub resume: bool,
+    /// A fresh run starts from this VAE checkpoint's weights (and config) instead of an
+    /// initialisation; a resumed run ignores it.
+    pub init_from: Option<PathBuf>,
+    /// Train the decoder alone; the encoder stays bit for bit as it started. A denoiser trained
+    /// on the encoder's latents keeps working with the fine-tuned decoder.
+    pub decoder_only: bool,
     /// Checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_every: usize,
     /// A progress line on stderr every this many steps; 0: none.
@@ -95,6 +107,8 @@ impl TrainVaeOptions {
             seed: 1,
             out: out.into(),
             resume: false,
+            init_from: None,
+            decoder_only: false,
             checkpoint_every: 500,
             log_every: 10,
             time_limit: None,
@@ -195,10 +209,22 @@ impl<B: AutodiffBackend> Run<B> {
         let ckpt = o.out.join("vae.safetensors");
         let adamw = o.optim.adamw();
         if !(o.resume && checkpoint::config_path(&ckpt).exists()) {
-            let config = o.config.clone();
-            B::seed(device, noise_hash(o.seed, -1, 0));
-            let model: Vae<B> = config.init(device);
-            param_ids(&model); // initialise every parameter now, from the seed
+            if o.decoder_only && o.init_from.is_none() {
+                bail!("a decoder-only run starts from a trained VAE (--init-from): its encoder stays as it is");
+            }
+            let (config, model) = match &o.init_from {
+                Some(from) => {
+                    let config: VaeConfig = checkpoint::read_config(from)?;
+                    let model: Vae<B> = checkpoint::load(config.init(device), from, device)?;
+                    (config, model)
+                }
+                None => {
+                    B::seed(device, noise_hash(o.seed, -1, 0));
+                    let model: Vae<B> = o.config.init(device);
+                    param_ids(&model); // initialise every parameter now, from the seed
+                    (o.config.clone(), model)
+                }
+            };
             let ema = o.optim.ema_decay.map(|_| model.valid());
             let optim = adamw.init::<B, Vae<B>>();
             return Ok(Run { config, model, optim, ema, step: 0, samples_seen: 0, rows: Vec::new() });
@@ -209,6 +235,14 @@ impl<B: AutodiffBackend> Run<B> {
         let samples_seen = info.meta["samples_seen"].as_u64().unwrap_or(0);
         if info.meta["seed"].as_u64() != Some(o.seed) {
             bail!("{} was trained with seed {}, not {}", ckpt.display(), info.meta["seed"], o.seed);
+        }
+        if info.meta["decoder_only"].as_bool().unwrap_or(false) != o.decoder_only {
+            bail!(
+                "{} was trained {}; resume it {}",
+                ckpt.display(),
+                if o.decoder_only { "end to end" } else { "decoder only" },
+                if o.decoder_only { "without --decoder-only" } else { "with --decoder-only" }
+            );
         }
         let model: Vae<B> = checkpoint::load(config.init(device), &ckpt, device)?;
         let optim = load_optim(adamw.init::<B, Vae<B>>(), &model, &o.out.join("optim.bin"), device)?;
@@ -226,7 +260,13 @@ impl<B: AutodiffBackend> Run<B> {
     }
 
     fn save(&self, o: &TrainVaeOptions) -> Result<()> {
-        let meta = serde_json::json!({ "step": self.step, "samples_seen": self.samples_seen, "seed": o.seed });
+        let mut meta = serde_json::json!({ "step": self.step, "samples_seen": self.samples_seen, "seed": o.seed });
+        if o.decoder_only {
+            meta["decoder_only"] = true.into();
+        }
+        if let Some(from) = &o.init_from {
+            meta["init_from"] = from.display().to_string().into();
+        }
         save_optim(&self.optim, &self.model, &o.out.join("optim"))?;
         if let Some(ema) = &self.ema {
             checkpoint::save(ema, &self.config, &meta, &o.out.join("vae-ema.safetensors"), Precision::F32)?;
@@ -272,6 +312,8 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
         }
         Ok::<_, anyhow::Error>(feeder_opts.render_batch(step))
     });
+    // Decoder-only: the encoder runs outside autodiff, so it gets no gradient and no update.
+    let frozen = o.decoder_only.then(|| run.model.valid());
     let first_row = run.rows.len();
     let run_started = Instant::now();
     let (mut window_started, mut window_samples) = (Instant::now(), 0u64);
@@ -282,12 +324,24 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
         let t = clips[0].len();
         let video = video_tensor::<B>(&clips, o.width, o.height, device);
         B::seed(device, noise_hash(o.seed, step as i64, 3));
-        let loss = run.model.loss(video);
+        let loss = match &frozen {
+            Some(frozen) => {
+                let (mean, logvar) = frozen.encode(video.clone().inner());
+                let out = run.model.decode_posterior(Tensor::from_inner(mean), Tensor::from_inner(logvar));
+                run.model.loss_of(out, video)
+            }
+            None => run.model.loss(video),
+        };
         let grads = GradientsParams::from_grads(loss.total.backward(), &run.model);
         let lr = o.optim.lr_at(step, o.steps);
         run.model = run.optim.step(lr, run.model, grads);
         if let (Some(decay), Some(e)) = (o.optim.ema_decay_at(step), run.ema.take()) {
-            run.ema = Some(ema_update(e, &run.model.valid(), decay));
+            let mut ema = ema_update(e, &run.model.valid(), decay);
+            if let Some(frozen) = &frozen {
+                // Averaging equal weights need not give them back bit for bit.
+                ema.encoder = frozen.encoder.clone();
+            }
+            run.ema = Some(ema);
         }
         let row = LossRow {
             step,

@@ -230,6 +230,12 @@ impl<B: Backend> Vae<B> {
     /// - returns: reconstruction `[b, 3, t, h, w]`, mean and log-variance `[b, c_lat, t', h', w']`
     pub fn forward(&self, video: Tensor<B, 5>) -> VaeOutput<B> {
         let (mean, logvar) = self.encode(video);
+        self.decode_posterior(mean, logvar)
+    }
+
+    /// Draws a reparameterised sample of the posterior `(mean, logvar)` and decodes it:
+    /// [`Vae::forward`] after the encoder, or with the moments of a frozen encoder.
+    pub fn decode_posterior(&self, mean: Tensor<B, 5>, logvar: Tensor<B, 5>) -> VaeOutput<B> {
         let std = logvar.clone().mul_scalar(0.5).exp();
         let noise = Tensor::random(mean.shape(), Distribution::Normal(0.0, 1.0), &mean.device());
         let reconstruction = self.decode(mean.clone() + std * noise);
@@ -244,6 +250,11 @@ impl<B: Backend> Vae<B> {
     /// - returns: scalars `[1]`
     pub fn loss(&self, video: Tensor<B, 5>) -> VaeLoss<B> {
         let out = self.forward(video.clone());
+        self.loss_of(out, video)
+    }
+
+    /// The loss of `out`, a reconstruction of `video`: [`Vae::loss`] after the forward pass.
+    pub fn loss_of(&self, out: VaeOutput<B>, video: Tensor<B, 5>) -> VaeLoss<B> {
         let error = out.reconstruction - video;
         let recon = match self.recon_loss {
             ReconLoss::L1 => error.abs().mean(),

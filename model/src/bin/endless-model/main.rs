@@ -147,6 +147,14 @@ enum Command {
         /// Output folder.
         #[arg(long, default_value = "runs/vae-tiny")]
         out: PathBuf,
+        /// Start from this trained VAE checkpoint (weights and config; --preset is ignored)
+        /// instead of a fresh initialisation. A resumed run ignores it.
+        #[arg(long)]
+        init_from: Option<PathBuf>,
+        /// Fine-tune the decoder alone: the encoder (from --init-from) stays bit for bit, so a
+        /// denoiser trained on its latents can take the new decoder.
+        #[arg(long)]
+        decoder_only: bool,
         #[command(flatten)]
         run: generate::RunArgs,
         /// auto, cpu or cuda.
@@ -235,6 +243,8 @@ fn run(cli: Cli) -> Result<()> {
             video_fraction,
             ema,
             out,
+            init_from,
+            decoder_only,
             run,
             device,
         } => {
@@ -256,6 +266,8 @@ fn run(cli: Cli) -> Result<()> {
                 video_fraction,
                 seed: run.seed,
                 resume: run.resume,
+                init_from,
+                decoder_only,
                 checkpoint_every: run.checkpoint_every,
                 log_every: run.log_every,
                 time_limit: run.time_limit(),
