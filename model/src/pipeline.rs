@@ -53,9 +53,16 @@ pub struct PipelineSpec {
     pub fps: f64,
     /// Latent frames the denoiser sees at once.
     pub window: usize,
-    /// The denoiser works on `(latent − mean) / std`.
+    /// The denoiser works on `(latent − mean) / std`: over all channels pooled, or per channel
+    /// when `channels` is set.
     pub latent_mean: f64,
     pub latent_std: f64,
+    /// Per-channel statistics of the latents, which normalise in place of the pooled ones. A
+    /// VAE trained with a tiny KL weight leaves its channels at unequal scales (the cpu VAE's
+    /// standard deviations span 3.9–15): pooled, the narrow channels would carry a quarter of
+    /// the signal of the wide ones at every noise level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<ChannelStats>,
     pub schedule: Schedule,
     /// Whether the denoiser was trained with long-range anchors ([`crate::rolling`]); a stream
     /// gives it none otherwise.
@@ -65,6 +72,13 @@ pub struct PipelineSpec {
     /// it samples in `steps` DDIM steps with one pass each, its teacher's guidance built in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distilled: Option<Distilled>,
+}
+
+/// The mean and standard deviation of every latent channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
 }
 
 /// What a distilled denoiser was distilled to, and from.
@@ -88,6 +102,28 @@ impl PipelineSpec {
         }
     }
 
+    /// `(latent − mean) / std` of raw VAE latents `[b, c, t, h, w]`.
+    pub fn normalise<B: Backend>(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
+        match &self.channels {
+            Some(ch) => {
+                let device = latents.device();
+                (latents - per_channel(&ch.mean, &device)) / per_channel(&ch.std, &device)
+            }
+            None => latents.sub_scalar(self.latent_mean).div_scalar(self.latent_std),
+        }
+    }
+
+    /// Raw VAE latents from normalised ones: the inverse of [`PipelineSpec::normalise`].
+    pub fn denormalise<B: Backend>(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
+        match &self.channels {
+            Some(ch) => {
+                let device = latents.device();
+                latents * per_channel(&ch.std, &device) + per_channel(&ch.mean, &device)
+            }
+            None => latents.mul_scalar(self.latent_std).add_scalar(self.latent_mean),
+        }
+    }
+
     pub fn load(dir: &Path) -> Result<PipelineSpec> {
         let path = dir.join(SPEC_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -99,6 +135,13 @@ impl PipelineSpec {
         let text = serde_json::to_string_pretty(self).expect("the spec serialises");
         std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// `values` as a `[1, c, 1, 1, 1]` tensor, to broadcast over `[b, c, t, h, w]`.
+fn per_channel<B: Backend>(values: &[f64], device: &B::Device) -> Tensor<B, 5> {
+    let c = values.len();
+    let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    Tensor::<B, 1>::from_data(TensorData::new(values, [c]), device).reshape([1, c, 1, 1, 1])
 }
 
 /// The pipeline folder to load for `device`: `dir` itself when it holds a pipeline
@@ -218,6 +261,16 @@ impl<B: Backend> Pipeline<B> {
         let path = denoiser_path(dir, ema);
         let denoiser_config: DenoiserConfig = checkpoint::read_config(&path)?;
         let denoiser = checkpoint::load(denoiser_config.init(device), &path, device)?;
+        if let Some(ch) = &spec.channels
+            && (ch.mean.len() != vae_config.latent_channels || ch.std.len() != vae_config.latent_channels)
+        {
+            bail!(
+                "{}: pipeline.json has statistics of {} channels, the VAE gives {}",
+                dir.display(),
+                ch.mean.len(),
+                vae_config.latent_channels
+            );
+        }
         if denoiser_config.latent_channels != vae_config.latent_channels {
             bail!(
                 "{}: the denoiser takes {} latent channels, the VAE gives {}",
@@ -256,23 +309,19 @@ impl<B: Backend> Pipeline<B> {
     /// Normalised latents `[b, c, t, h, w]` of a video `[b, 3, 1 + 4k, H, W]` in [-1, 1].
     pub fn encode(&self, video: Tensor<B, 5>) -> Tensor<B, 5> {
         let (mean, _) = self.vae.encode(video);
-        mean.sub_scalar(self.spec.latent_mean).div_scalar(self.spec.latent_std)
+        self.spec.normalise(mean)
     }
 
     /// Video frames `[b, 3, t, H, W]` of normalised latents `[b, c, t', h, w]`, decoded alone.
     pub fn decode(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.vae.decode(self.denormalise(latents))
+        self.vae.decode(self.spec.denormalise(latents))
     }
 
     /// The frames of the next normalised latents `[b, c, n, h, w]` of a stream whose decoder
     /// state is `state` (one per stream, starting from `StreamState::default()`): `1 + 4(n − 1)`
     /// frames for the first chunk, `4n` after, seamless.
     pub fn decode_stream(&self, latents: Tensor<B, 5>, state: &mut StreamState<B>) -> Tensor<B, 5> {
-        self.vae.decode_stream(self.denormalise(latents), state)
-    }
-
-    fn denormalise(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
-        latents.mul_scalar(self.spec.latent_std).add_scalar(self.spec.latent_mean)
+        self.vae.decode_stream(self.spec.denormalise(latents), state)
     }
 
     /// The noise of `request`'s chunk for `frames` latent frames, stream `stream`.
@@ -530,6 +579,46 @@ mod tests {
         let json = serde_json::to_string(&distilled).unwrap();
         assert_eq!(serde_json::from_str::<PipelineSpec>(&json).unwrap(), distilled);
         assert_eq!(distilled.sampler(asked), SamplerSettings { steps: 4, guidance: Guidance::NONE, ..asked });
+    }
+
+    /// Per-channel statistics normalise every channel to its own scale, and back exactly; a
+    /// spec without them normalises with the pooled ones.
+    #[test]
+    fn per_channel_statistics_normalise_each_channel() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let pooled: PipelineSpec = serde_json::from_str(
+            r#"{"width": 64, "height": 64, "fps": 8.0, "window": 4, "latent_mean": 1.0, "latent_std": 2.0,
+            "schedule": {"logsnr_shift": 0.0, "logsnr_min": -15.0, "logsnr_max": 15.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(pooled.channels, None);
+        let spec = PipelineSpec {
+            channels: Some(ChannelStats { mean: vec![-5.0, 2.0], std: vec![15.0, 4.0] }),
+            ..pooled.clone()
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<PipelineSpec>(&json).unwrap(), spec);
+        // Channel 0 drawn as N(-5, 15²), channel 1 as N(2, 4²).
+        let noise = Tensor::<B, 5>::random([2, 2, 3, 4, 4], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let raw = Tensor::cat(
+            vec![
+                noise.clone().narrow(1, 0, 1).mul_scalar(15.0).sub_scalar(5.0),
+                noise.narrow(1, 1, 1).mul_scalar(4.0).add_scalar(2.0),
+            ],
+            1,
+        );
+        let normalised = spec.normalise(raw.clone());
+        for c in 0..2 {
+            let x = normalised.clone().narrow(1, c, 1);
+            let mean = x.clone().mean().into_scalar();
+            let std = x.sub_scalar(mean).square().mean().into_scalar().sqrt();
+            assert!(mean.abs() < 0.35 && (std - 1.0).abs() < 0.35, "channel {c}: mean {mean}, std {std}");
+        }
+        let back = spec.denormalise(normalised);
+        assert!(back.sub(raw.clone()).abs().max().into_scalar() < 1e-4);
+        let by_pool = pooled.normalise(raw.clone());
+        assert!(by_pool.sub(raw.sub_scalar(1.0).div_scalar(2.0)).abs().max().into_scalar() < 1e-6);
     }
 
     #[test]

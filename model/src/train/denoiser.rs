@@ -39,7 +39,7 @@ use crate::checkpoint::{self, Precision};
 use crate::data::video_tensor;
 use crate::diffusion::{Schedule, gaussian};
 use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContext, FramePosition, TextCondition};
-use crate::pipeline::{DENOISER_EMA_FILE, DENOISER_FILE, PipelineSpec, VAE_FILE};
+use crate::pipeline::{ChannelStats, DENOISER_EMA_FILE, DENOISER_FILE, PipelineSpec, VAE_FILE};
 use crate::text::{TextBatch, TextEmbedding, TextEncoder};
 use crate::vae::{Vae, VaeConfig};
 use crate::world::{Clip, ClipOptions, ClipSampler, Split, noise_hash};
@@ -303,16 +303,27 @@ impl<B: Backend> Encoder<B> {
     }
 }
 
-/// The latents' mean and standard deviation over `n` batches (all elements pooled).
-fn latent_stats<B: Backend>(encoder: &Encoder<B>, n: usize) -> (f64, f64) {
-    let mut values = Vec::new();
+/// The latents' mean and standard deviation over `n` batches, all elements pooled and per
+/// channel.
+fn latent_stats<B: Backend>(encoder: &Encoder<B>, n: usize) -> (f64, f64, ChannelStats) {
+    let mut channels: Vec<Vec<f64>> = Vec::new();
     for i in 0..n.max(1) {
         let b = encoder.batch(noise_hash(encoder.o.seed, -(i as i64) - 2, 5), -(i as i64) - 2);
-        values.extend(b.latents.convert::<f32>().into_vec::<f32>().expect("f32 latents"));
+        let [_, c, t, h, w] = b.latents.shape[..] else { unreachable!("latents are [b, c, t, h, w]") };
+        channels.resize_with(c, Vec::new);
+        for (j, v) in b.latents.convert::<f32>().into_vec::<f32>().expect("f32 latents").into_iter().enumerate() {
+            channels[j / (t * h * w) % c].push(v as f64);
+        }
     }
-    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
-    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / values.len() as f64;
-    (mean, var.sqrt().max(1e-6))
+    let (mean, std) = mean_std(channels.iter().flatten().copied());
+    let (means, stds) = channels.iter().map(|v| mean_std(v.iter().copied())).map(|(m, s)| (m, s.max(1e-6))).unzip();
+    (mean, std.max(1e-6), ChannelStats { mean: means, std: stds })
+}
+
+fn mean_std(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
+    let (n, sum) = values.clone().fold((0usize, 0.0), |(n, s), v| (n + 1, s + v));
+    let mean = sum / n as f64;
+    (mean, (values.map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64).sqrt())
 }
 
 /// A run's state between steps.
@@ -411,9 +422,12 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             Some(teacher) => teacher.student_spec(),
             None => {
                 let started = Instant::now();
-                let (latent_mean, latent_std) = latent_stats(&encoder, o.stats_batches);
+                let (latent_mean, latent_std, channels) = latent_stats(&encoder, o.stats_batches);
+                let per_channel: Vec<String> =
+                    channels.mean.iter().zip(&channels.std).map(|(m, s)| format!("{m:.2}±{s:.2}")).collect();
                 eprintln!(
-                    "latents: mean {latent_mean:.4}, std {latent_std:.4} over {} batches ({:.1} s)",
+                    "latents: mean {latent_mean:.4}, std {latent_std:.4}; per channel {} (over {} batches, {:.1} s)",
+                    per_channel.join(" "),
                     o.stats_batches,
                     started.elapsed().as_secs_f64()
                 );
@@ -424,6 +438,7 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
                     window: o.window,
                     latent_mean,
                     latent_std,
+                    channels: Some(channels),
                     schedule: o.schedule(&vae_config),
                     anchors: o.anchor_fraction > 0.0,
                     distilled: None,
@@ -462,9 +477,7 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
     while run.step < o.steps {
         let step = run.step;
         let batch = feeder.next(step)?;
-        let latents = Tensor::<B, 5>::from_data(batch.latents, device)
-            .sub_scalar(run.spec.latent_mean)
-            .div_scalar(run.spec.latent_std);
+        let latents = run.spec.normalise(Tensor::<B, 5>::from_data(batch.latents, device));
         let t = latents.dims()[2];
         let anchors = batch.anchors.as_deref();
         let loss = match &teacher {
