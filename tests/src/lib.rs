@@ -114,13 +114,15 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts the server with `extra` flags after the defaults (128x128 at 12 fps).
+    /// Starts the server with `extra` flags after the defaults: the procedural world (whatever
+    /// config.toml's default source is), 128x128 at 12 fps. `--set sessions.source=model`
+    /// in `extra` overrides the source.
     pub fn start(extra: &[&str]) -> TestServer {
         use std::io::BufRead;
         let recordings = tempfile::tempdir().expect("a temp dir");
         let web = repo_path("web");
         let mut child = std::process::Command::new(binary("endless"))
-            .args(["--listen", "127.0.0.1:0", "--size", "128x128", "--fps", "12"])
+            .args(["--listen", "127.0.0.1:0", "--source", "world", "--size", "128x128", "--fps", "12"])
             .arg("--recordings-dir")
             .arg(recordings.path())
             .arg("--set")
