@@ -59,7 +59,7 @@ pub struct PipelineSpec {
     pub latent_std: f64,
     /// Per-channel statistics of the latents, which normalise in place of the pooled ones. A
     /// VAE trained with a tiny KL weight leaves its channels at unequal scales (the cpu VAE's
-    /// standard deviations span 3.9–15): pooled, the narrow channels would carry a quarter of
+    /// standard deviations span 4–15): pooled, the narrow channels would carry a quarter of
     /// the signal of the wide ones at every noise level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<ChannelStats>,
