@@ -71,9 +71,11 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
         };
         let r = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &o, &device);
         assert_eq!((r.cases.len(), r.drift.len(), r.switches.len()), (2, 1, 2));
-        let adherence = r.generated.adherence.iter().chain(&r.real.adherence).map(|(_, a)| *a);
+        let adherence =
+            r.generated.adherence.iter().chain(&r.real.adherence).chain(&r.reconstructed.adherence).map(|(_, a)| *a);
         assert!(adherence.into_iter().all(|a| (0.0..=1.0).contains(&a)));
         assert!(r.fwd.is_finite() && r.fwd >= 0.0 && r.fwd_real_vs_real.is_finite());
+        assert!(r.fwd_reconstructed.is_finite() && r.fwd_reconstructed >= 0.0);
         // Real clips have no seams: their frame differences are the same across the grid.
         assert!((r.real.boundary_jump - 1.0).abs() < 0.5, "{}", r.real.boundary_jump);
         assert!(r.generated.boundary_jump.is_finite() && r.drift[0].fwd.is_finite());

@@ -271,10 +271,15 @@ pub struct GenerationReport {
     /// The same metrics on world clips of the same attributes (the chunk grid of the
     /// generated clips laid over them): the evaluator's ceiling.
     pub real: ClipMetrics,
+    /// The same world clips encoded and decoded by the pipeline's VAE: the most the denoiser
+    /// can reach through this VAE.
+    pub reconstructed: ClipMetrics,
     /// Fréchet distance of the evaluator's per-frame features, generated against real.
     pub fwd: f64,
     /// The same between two independent real sets.
     pub fwd_real_vs_real: f64,
+    /// The same, reconstructed against real.
+    pub fwd_reconstructed: f64,
     pub drift: Vec<MinuteMetrics>,
     /// Per metric, (last minute − first minute) ÷ first minute.
     pub drift_change: Vec<(String, f64)>,
@@ -319,6 +324,20 @@ fn clip_metrics<B: Backend>(
     (metrics, features)
 }
 
+/// `frames` through the pipeline's VAE (posterior mean), with the last frame repeated up to a
+/// length it encodes (`1 + 4k`) and cut back after.
+fn reconstruct<B: Backend>(pipeline: &Pipeline<B>, mut frames: Vec<Vec<u8>>, device: &B::Device) -> Vec<Vec<u8>> {
+    let (n, f) = (frames.len(), pipeline.temporal_factor());
+    let padded = 1 + (n.max(1) - 1).div_ceil(f) * f;
+    let last = frames.last().expect("a clip has frames").clone();
+    frames.resize(padded, last);
+    let (w, h) = (pipeline.spec.width, pipeline.spec.height);
+    let video = video_tensor::<B>(&[frames], w, h, device);
+    let mut out = video_frames(pipeline.decode(pipeline.encode(video))).remove(0);
+    out.truncate(n);
+    out
+}
+
 /// Runs every measurement. `embed` gives the text embedding of a prompt.
 pub fn evaluate_generation<B: Backend>(
     pipeline: &Pipeline<B>,
@@ -358,10 +377,17 @@ pub fn evaluate_generation<B: Backend>(
             .collect()
     };
     let (gen_metrics, gen_features) = clip_metrics(evaluator, &generated, size, device);
-    let (real_metrics, real_features) = clip_metrics(evaluator, &real_set(1), size, device);
+    let real = real_set(1);
+    let (real_metrics, real_features) = clip_metrics(evaluator, &real, size, device);
     let (_, real_features_2) = clip_metrics(evaluator, &real_set(2), size, device);
+    let reconstructed: Vec<LabelledClip> = real
+        .into_iter()
+        .map(|(frames, boundaries, attributes)| (reconstruct(pipeline, frames, device), boundaries, attributes))
+        .collect();
+    let (rec_metrics, rec_features) = clip_metrics(evaluator, &reconstructed, size, device);
     let fwd = frechet_distance(&gen_features, &real_features);
     let fwd_real_vs_real = frechet_distance(&real_features_2, &real_features);
+    let fwd_reconstructed = frechet_distance(&rec_features, &real_features);
 
     // Drift: one stream of the first case, measured minute by minute.
     let mut drift = Vec::new();
@@ -468,8 +494,10 @@ pub fn evaluate_generation<B: Backend>(
         clip_seconds: o.clip_seconds,
         generated: gen_metrics,
         real: real_metrics,
+        reconstructed: rec_metrics,
         fwd,
         fwd_real_vs_real,
+        fwd_reconstructed,
         drift,
         drift_change,
         switch_seconds_mean: (!answered.is_empty()).then(|| mean(&answered)),

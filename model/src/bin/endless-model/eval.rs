@@ -330,7 +330,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
         reports.push((name.clone(), report));
     }
     println!(
-        "| mode | adherence | FWD (real vs real) | boundary jump (real) | camera direction | camera speed error | switch s | drift: adherence, FWD change | × real time |"
+        "| mode | adherence (VAE ceiling) | FWD (real vs real; VAE) | boundary jump (real) | camera direction | camera speed error | switch s | drift: adherence, FWD change | × real time |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, r) in &reports {
@@ -338,10 +338,12 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
             r.drift_change.iter().find(|(n, _)| n == k).map_or("–".into(), |(_, v)| format!("{:+.0} %", 100.0 * v))
         };
         println!(
-            "| {name} | {:.1} % | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.0} % | {:.3} | {} | {}, {} | {:.2} |",
+            "| {name} | {:.1} % ({:.1} %) | {:.2} ({:.2}; {:.2}) | {:.2} ({:.2}) | {:.0} % | {:.3} | {} | {}, {} | {:.2} |",
             100.0 * r.generated.adherence_mean,
+            100.0 * r.reconstructed.adherence_mean,
             r.fwd,
             r.fwd_real_vs_real,
+            r.fwd_reconstructed,
             r.generated.boundary_jump,
             r.real.boundary_jump,
             100.0 * r.generated.camera_direction,
@@ -371,6 +373,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
             serde_json::json!({
                 "mode": name, "plot_colour": colours[i % colours.len()],
                 "adherence": r.generated.adherence_mean, "fwd": r.fwd, "fwd_real_vs_real": r.fwd_real_vs_real,
+                "adherence_reconstructed": r.reconstructed.adherence, "fwd_reconstructed": r.fwd_reconstructed,
                 "boundary_jump": r.generated.boundary_jump, "boundary_jump_real": r.real.boundary_jump,
                 "camera_direction": r.generated.camera_direction, "camera_speed_error": r.generated.camera_speed_error,
                 "switch_seconds_mean": r.switch_seconds_mean, "drift_change": r.drift_change,
