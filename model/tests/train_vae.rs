@@ -136,10 +136,33 @@ fn decoder_only_fine_tuning_keeps_the_encoder() {
     assert_eq!(info.meta["decoder_only"], true);
     let end_to_end = TrainVaeOptions { steps: 5, resume: true, decoder_only: false, ..o.clone() };
     assert!(train_vae::<B>(&end_to_end, &device).is_err(), "a decoder-only run does not resume end to end");
-    let fresh = TrainVaeOptions { init_from: None, resume: false, ..o };
+    let fresh = TrainVaeOptions { init_from: None, resume: false, ..o.clone() };
     assert!(train_vae::<B>(&fresh, &device).is_err(), "decoder-only needs a trained encoder");
-    std::fs::remove_dir_all(&base).ok();
-    std::fs::remove_dir_all(&tuned).ok();
+
+    // A new decoder, wider and without norms, on the same encoder.
+    let rebuilt = dir("fresh-decoder");
+    let widths = vec![8, 16, 32, 48];
+    let o = TrainVaeOptions {
+        fresh_decoder: true,
+        config: VaeConfig::tiny().with_decoder_channels(Some(widths.clone())).with_decoder_norm_groups(Some(0)),
+        ..TrainVaeOptions { out: rebuilt.clone(), ..o }
+    };
+    train_vae::<B>(&o, &device).unwrap();
+    let config: VaeConfig = checkpoint::read_config(&rebuilt.join("vae.safetensors")).unwrap();
+    assert_eq!((config.decoder_widths(), config.decoder_groups()), (&widths[..], 0));
+    assert_eq!(config.channels, VaeConfig::tiny().channels, "the encoder's shape is the checkpoint's");
+    let after = common::tensors(&rebuilt.join("vae.safetensors"));
+    let encoder =
+        |t: &[(String, Vec<f32>)]| t.iter().filter(|(n, _)| n.starts_with("encoder.")).cloned().collect::<Vec<_>>();
+    assert!(encoder(&before) == encoder(&after), "the encoder stays bit for bit");
+    assert!(after.iter().all(|(n, _)| !(n.starts_with("decoder.") && n.contains("norm"))), "no norm in the decoder");
+    let info = checkpoint::read_info(&rebuilt.join("vae.safetensors")).unwrap();
+    assert_eq!(info.meta["fresh_decoder"], true);
+    let nothing_to_replace = TrainVaeOptions { init_from: None, decoder_only: false, resume: false, ..o };
+    assert!(train_vae::<B>(&nothing_to_replace, &device).is_err(), "a fresh decoder needs a trained VAE");
+    for d in [base, tuned, rebuilt] {
+        std::fs::remove_dir_all(&d).ok();
+    }
 }
 
 /// A folder of real videos as a second data source: batches decode from it (here every one).

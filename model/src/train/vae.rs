@@ -14,7 +14,8 @@
 //! **Decoder fine-tuning** (`decoder_only`, from a trained VAE with `init_from`): the encoder
 //! runs outside autodiff and stays bit for bit as it was, so the latents a denoiser was trained
 //! on do not move while the decoder keeps learning (as Stable Diffusion's decoder was
-//! fine-tuned). A pipeline then takes the new VAE in place of the old one.
+//! fine-tuned). A pipeline then takes the new VAE in place of the old one. With `fresh_decoder`
+//! the decoder starts anew, of another width or without normalisation, on the same latents.
 //!
 //! A checkpoint is `vae.safetensors` (+ JSON with meta `{step, samples_seen, seed}`), the
 //! optimizer state `optim.bin` (moments keyed by parameter order), `vae-ema.safetensors` when
@@ -71,6 +72,9 @@ pub struct TrainVaeOptions {
     /// Train the decoder alone; the encoder stays bit for bit as it started. A denoiser trained
     /// on the encoder's latents keeps working with the fine-tuned decoder.
     pub decoder_only: bool,
+    /// With `init_from`: keep only its encoder, and start a decoder of `config`'s
+    /// `decoder_channels` and `decoder_norm_groups` from a fresh initialisation.
+    pub fresh_decoder: bool,
     /// Checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_every: usize,
     /// A progress line on stderr every this many steps; 0: none.
@@ -109,6 +113,7 @@ impl TrainVaeOptions {
             resume: false,
             init_from: None,
             decoder_only: false,
+            fresh_decoder: false,
             checkpoint_every: 500,
             log_every: 10,
             time_limit: None,
@@ -212,11 +217,27 @@ impl<B: AutodiffBackend> Run<B> {
             if o.decoder_only && o.init_from.is_none() {
                 bail!("a decoder-only run starts from a trained VAE (--init-from): its encoder stays as it is");
             }
+            if o.fresh_decoder && o.init_from.is_none() {
+                bail!("a fresh decoder replaces the decoder of a trained VAE (--init-from)");
+            }
             let (config, model) = match &o.init_from {
                 Some(from) => {
                     let config: VaeConfig = checkpoint::read_config(from)?;
-                    let model: Vae<B> = checkpoint::load(config.init(device), from, device)?;
-                    (config, model)
+                    let trained: Vae<B> = checkpoint::load(config.init(device), from, device)?;
+                    if o.fresh_decoder {
+                        let config = VaeConfig {
+                            decoder_channels: o.config.decoder_channels.clone(),
+                            decoder_norm_groups: o.config.decoder_norm_groups,
+                            ..config
+                        };
+                        B::seed(device, noise_hash(o.seed, -1, 0));
+                        let mut model: Vae<B> = config.init(device);
+                        model.encoder = trained.encoder;
+                        param_ids(&model);
+                        (config, model)
+                    } else {
+                        (config, trained)
+                    }
                 }
                 None => {
                     B::seed(device, noise_hash(o.seed, -1, 0));
@@ -266,6 +287,9 @@ impl<B: AutodiffBackend> Run<B> {
         }
         if let Some(from) = &o.init_from {
             meta["init_from"] = from.display().to_string().into();
+            if o.fresh_decoder {
+                meta["fresh_decoder"] = true.into();
+            }
         }
         save_optim(&self.optim, &self.model, &o.out.join("optim"))?;
         if let Some(ema) = &self.ema {

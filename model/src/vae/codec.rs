@@ -10,17 +10,25 @@ use burn::tensor::backend::Backend;
 use super::VaeConfig;
 use super::layers::{
     CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig, frame_norm,
+    maybe_norm,
 };
 
 impl VaeConfig {
-    fn res_block<B: Backend>(&self, c_in: usize, c_out: usize, device: &B::Device) -> ResBlock<B> {
-        ResBlockConfig { channels: [c_in, c_out], norm_groups: self.norm_groups, temporal_kernel: self.temporal_kernel }
-            .init(device)
+    fn res_block<B: Backend>(&self, c_in: usize, c_out: usize, norm_groups: usize, device: &B::Device) -> ResBlock<B> {
+        ResBlockConfig { channels: [c_in, c_out], norm_groups, temporal_kernel: self.temporal_kernel }.init(device)
     }
 
     /// Residual blocks of one resolution level, from `c_in` to `c_out` channels.
-    fn level_blocks<B: Backend>(&self, c_in: usize, c_out: usize, device: &B::Device) -> Vec<ResBlock<B>> {
-        (0..self.blocks_per_level).map(|i| self.res_block(if i == 0 { c_in } else { c_out }, c_out, device)).collect()
+    fn level_blocks<B: Backend>(
+        &self,
+        c_in: usize,
+        c_out: usize,
+        norm_groups: usize,
+        device: &B::Device,
+    ) -> Vec<ResBlock<B>> {
+        (0..self.blocks_per_level)
+            .map(|i| self.res_block(if i == 0 { c_in } else { c_out }, c_out, norm_groups, device))
+            .collect()
     }
 
     fn conv<B: Backend>(&self, c_in: usize, c_out: usize, device: &B::Device) -> CausalConv<B> {
@@ -38,7 +46,7 @@ impl VaeConfig {
         let last = c[c.len() - 1];
         let levels = (0..c.len())
             .map(|i| EncoderLevel {
-                blocks: self.level_blocks(if i == 0 { c[0] } else { c[i - 1] }, c[i], device),
+                blocks: self.level_blocks(if i == 0 { c[0] } else { c[i - 1] }, c[i], self.norm_groups, device),
                 down: (i + 1 < c.len()).then(|| {
                     CausalConvConfig::new([c[i], c[i]])
                         .with_temporal_kernel(self.temporal_kernel)
@@ -51,7 +59,7 @@ impl VaeConfig {
         Encoder {
             conv_in: self.conv(self.image_channels, c[0], device),
             levels,
-            mid: self.res_block(last, last, device),
+            mid: self.res_block(last, last, self.norm_groups, device),
             norm_out: GroupNormConfig::new(self.norm_groups, last).init(device),
             conv_out: self.moments_conv(last, device),
         }
@@ -74,12 +82,13 @@ impl VaeConfig {
     }
 
     pub(super) fn init_decoder<B: Backend>(&self, device: &B::Device) -> Decoder<B> {
-        let c = &self.channels;
+        let c = self.decoder_widths();
         let last = c[c.len() - 1];
+        let groups = self.decoder_groups();
         let levels = (0..c.len())
             .rev()
             .map(|i| DecoderLevel {
-                blocks: self.level_blocks(c[i], c[i], device),
+                blocks: self.level_blocks(c[i], c[i], groups, device),
                 up: (i > 0).then(|| {
                     UpsampleConfig {
                         channels: [c[i], c[i - 1]],
@@ -92,9 +101,9 @@ impl VaeConfig {
             .collect();
         Decoder {
             conv_in: self.conv(self.latent_channels, last, device),
-            mid: self.res_block(last, last, device),
+            mid: self.res_block(last, last, groups, device),
             levels,
-            norm_out: GroupNormConfig::new(self.norm_groups, c[0]).init(device),
+            norm_out: (groups > 0).then(|| GroupNormConfig::new(groups, c[0]).init(device)),
             conv_out: self.conv(c[0], self.image_channels, device),
         }
     }
@@ -171,7 +180,8 @@ pub struct Decoder<B: Backend> {
     pub conv_in: CausalConv<B>,
     pub mid: ResBlock<B>,
     pub levels: Vec<DecoderLevel<B>>,
-    pub norm_out: GroupNorm<B>,
+    /// Absent in a decoder without normalisation ([`VaeConfig::decoder_norm_groups`]).
+    pub norm_out: Option<GroupNorm<B>>,
     pub conv_out: CausalConv<B>,
 }
 
@@ -200,7 +210,7 @@ impl<B: Backend> Decoder<B> {
                 x = up.forward_stream(x, state.as_deref_mut());
             }
         }
-        let x = self.conv_out.forward_stream(silu(frame_norm(&self.norm_out, x)), state.as_deref_mut());
+        let x = self.conv_out.forward_stream(silu(maybe_norm(self.norm_out.as_ref(), x)), state.as_deref_mut());
         if let Some(s) = state {
             s.end_chunk();
         }

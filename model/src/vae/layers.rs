@@ -261,13 +261,21 @@ pub fn frame_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 5>) -> Tensor<B,
     y.reshape([b, t, c, h, w])
 }
 
+/// [`frame_norm`] where there is a norm, else `x`.
+pub fn maybe_norm<B: Backend>(norm: Option<&GroupNorm<B>>, x: Tensor<B, 5>) -> Tensor<B, 5> {
+    match norm {
+        Some(norm) => frame_norm(norm, x),
+        None => x,
+    }
+}
+
 /// A residual block: two (norm, SiLU, causal conv) steps, and a 1×1 projection on the skip path
 /// when the width changes.
 #[derive(Config, Debug)]
 pub struct ResBlockConfig {
     /// Input and output channels; both divisible by `norm_groups`.
     pub channels: [usize; 2],
-    /// Groups of the group normalisations.
+    /// Groups of the group normalisations; 0: no normalisation (SiLU, causal conv steps).
     pub norm_groups: usize,
     /// Temporal kernel of the causal convolutions.
     pub temporal_kernel: usize,
@@ -277,10 +285,11 @@ impl ResBlockConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> ResBlock<B> {
         let [c_in, c_out] = self.channels;
         let conv = |c_in| CausalConvConfig::new([c_in, c_out]).with_temporal_kernel(self.temporal_kernel).init(device);
+        let norm = |c| (self.norm_groups > 0).then(|| GroupNormConfig::new(self.norm_groups, c).init(device));
         ResBlock {
-            norm1: GroupNormConfig::new(self.norm_groups, c_in).init(device),
+            norm1: norm(c_in),
             conv1: conv(c_in),
-            norm2: GroupNormConfig::new(self.norm_groups, c_out).init(device),
+            norm2: norm(c_out),
             conv2: conv(c_out),
             skip: (c_in != c_out).then(|| Conv2dConfig::new([c_in, c_out], [1, 1]).init(device)),
         }
@@ -289,9 +298,9 @@ impl ResBlockConfig {
 
 #[derive(Module, Debug)]
 pub struct ResBlock<B: Backend> {
-    pub norm1: GroupNorm<B>,
+    pub norm1: Option<GroupNorm<B>>,
     pub conv1: CausalConv<B>,
-    pub norm2: GroupNorm<B>,
+    pub norm2: Option<GroupNorm<B>>,
     pub conv2: CausalConv<B>,
     /// 1×1 projection, when the input and output widths differ.
     pub skip: Option<Conv2d<B>>,
@@ -307,8 +316,8 @@ impl<B: Backend> ResBlock<B> {
 
     /// [`ResBlock::forward`] of one chunk of a stream (see [`StreamState`]).
     pub fn forward_stream(&self, x: Tensor<B, 5>, mut state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
-        let y = self.conv1.forward_stream(silu(frame_norm(&self.norm1, x.clone())), state.as_deref_mut());
-        let y = self.conv2.forward_stream(silu(frame_norm(&self.norm2, y)), state);
+        let y = self.conv1.forward_stream(silu(maybe_norm(self.norm1.as_ref(), x.clone())), state.as_deref_mut());
+        let y = self.conv2.forward_stream(silu(maybe_norm(self.norm2.as_ref(), y)), state);
         let skip = match &self.skip {
             Some(skip) => {
                 let [b, t, c, h, w] = x.dims();

@@ -155,6 +155,23 @@ enum Command {
         /// denoiser trained on its latents can take the new decoder.
         #[arg(long)]
         decoder_only: bool,
+        /// Widths of the levels, full resolution first, in place of the preset's (each step
+        /// between levels halves height and width).
+        #[arg(long, value_delimiter = ',')]
+        channels: Option<Vec<usize>>,
+        /// Channels of the latent, in place of the preset's.
+        #[arg(long)]
+        latent_channels: Option<usize>,
+        /// Widths of the decoder's levels, full resolution first (default: the encoder's).
+        #[arg(long, value_delimiter = ',')]
+        decoder_channels: Option<Vec<usize>>,
+        /// A decoder without group norms.
+        #[arg(long)]
+        no_decoder_norm: bool,
+        /// With --init-from: keep its encoder and train a new decoder (--decoder-channels,
+        /// --no-decoder-norm) from a fresh initialisation.
+        #[arg(long)]
+        fresh_decoder: bool,
         #[command(flatten)]
         run: generate::RunArgs,
         /// auto, cpu or cuda.
@@ -245,15 +262,34 @@ fn run(cli: Cli) -> Result<()> {
             out,
             init_from,
             decoder_only,
+            channels,
+            latent_channels,
+            decoder_channels,
+            no_decoder_norm,
+            fresh_decoder,
             run,
             device,
         } => {
             use endless_model::train::{LrSchedule, Optimisation, TrainVaeOptions};
+            use endless_model::vae::VaeConfig;
             let config = match preset.as_str() {
-                "cpu" => endless_model::vae::VaeConfig::cpu(),
-                "tiny" => endless_model::vae::VaeConfig::tiny(),
-                "small" => endless_model::vae::VaeConfig::small(),
+                "cpu" => VaeConfig::cpu(),
+                "tiny" => VaeConfig::tiny(),
+                "small" => VaeConfig::small(),
                 other => bail!("unknown --preset {other:?}: cpu, tiny or small"),
+            };
+            if init_from.is_some() && !fresh_decoder && (decoder_channels.is_some() || no_decoder_norm) {
+                bail!("--init-from keeps its decoder's shape; add --fresh-decoder to train a new one");
+            }
+            if init_from.is_some() && (channels.is_some() || latent_channels.is_some()) {
+                bail!("--init-from keeps its encoder: --channels and --latent-channels are for fresh runs");
+            }
+            let config = VaeConfig {
+                channels: channels.unwrap_or(config.channels),
+                latent_channels: latent_channels.unwrap_or(config.latent_channels),
+                decoder_channels,
+                decoder_norm_groups: no_decoder_norm.then_some(0),
+                ..config
             };
             let options = TrainVaeOptions {
                 width: size.width,
@@ -268,6 +304,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume: run.resume,
                 init_from,
                 decoder_only,
+                fresh_decoder,
                 checkpoint_every: run.checkpoint_every,
                 log_every: run.log_every,
                 time_limit: run.time_limit(),
