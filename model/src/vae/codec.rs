@@ -9,8 +9,7 @@ use burn::tensor::backend::Backend;
 
 use super::VaeConfig;
 use super::layers::{
-    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig, frame_norm,
-    maybe_norm,
+    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig, maybe_norm,
 };
 
 impl VaeConfig {
@@ -60,7 +59,7 @@ impl VaeConfig {
             conv_in: self.conv(self.image_channels, c[0], device),
             levels,
             mid: self.res_block(last, last, self.norm_groups, device),
-            norm_out: GroupNormConfig::new(self.norm_groups, last).init(device),
+            norm_out: (self.norm_groups > 0).then(|| GroupNormConfig::new(self.norm_groups, last).init(device)),
             conv_out: self.moments_conv(last, device),
         }
     }
@@ -126,7 +125,8 @@ pub struct Encoder<B: Backend> {
     pub conv_in: CausalConv<B>,
     pub levels: Vec<EncoderLevel<B>>,
     pub mid: ResBlock<B>,
-    pub norm_out: GroupNorm<B>,
+    /// Absent in an encoder without normalisation (`norm_groups` 0).
+    pub norm_out: Option<GroupNorm<B>>,
     pub conv_out: CausalConv<B>,
 }
 
@@ -145,7 +145,7 @@ impl<B: Backend> Encoder<B> {
             }
         }
         let x = self.mid.forward(x);
-        self.conv_out.forward(silu(frame_norm(&self.norm_out, x)))
+        self.conv_out.forward(silu(maybe_norm(self.norm_out.as_ref(), x)))
     }
 
     /// FLOPs of the convolutions for one video of `input`, and the latent's extent.

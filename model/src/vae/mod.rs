@@ -80,7 +80,8 @@ pub struct VaeConfig {
     /// Frames seen by every causal temporal convolution.
     #[config(default = 3)]
     pub temporal_kernel: usize,
-    /// Groups of the per-frame group normalisations.
+    /// Groups of the per-frame group normalisations; 0: none (the decoder follows unless
+    /// `decoder_norm_groups` says otherwise).
     #[config(default = 8)]
     pub norm_groups: usize,
     /// Reconstruction term of the loss.
@@ -156,8 +157,10 @@ impl VaeConfig {
             self.temporal_downsamples,
             self.channels.len()
         );
-        for &c in &self.channels {
-            assert!(c.is_multiple_of(self.norm_groups), "{} groups do not divide the width {c}", self.norm_groups);
+        if self.norm_groups > 0 {
+            for &c in &self.channels {
+                assert!(c.is_multiple_of(self.norm_groups), "{} groups do not divide the width {c}", self.norm_groups);
+            }
         }
         let decoder = self.decoder_widths();
         assert_eq!(decoder.len(), self.channels.len(), "the decoder has as many levels as the encoder");

@@ -78,7 +78,28 @@ fn vae_decoder_is_causal() {
 /// stream, whatever the chunking.
 #[test]
 fn vae_stream_decoding_equals_one_decode() {
-    let vae = test_config().init::<B>(&Default::default());
+    stream_decoding_equals_one_decode(test_config());
+}
+
+/// Without norms anywhere, and with a decoder of its own widths: no norm parameter is left,
+/// and it still streams exactly.
+#[test]
+fn vae_without_norms_streams_exactly() {
+    use burn::module::Module;
+    let config = test_config().with_norm_groups(0).with_decoder_channels(Some(vec![4, 8, 12, 16]));
+    let vae = config.init::<B>(&Default::default());
+    assert!(vae.encoder.norm_out.is_none() && vae.decoder.norm_out.is_none());
+    let mut norms = 0;
+    for level in vae.encoder.levels.iter().map(|l| &l.blocks).chain(vae.decoder.levels.iter().map(|l| &l.blocks)) {
+        norms += level.iter().filter(|b| b.norm1.is_some() || b.norm2.is_some()).count();
+    }
+    assert_eq!(norms, 0);
+    assert!(vae.num_params() < test_config().init::<B>(&Default::default()).num_params());
+    stream_decoding_equals_one_decode(config);
+}
+
+fn stream_decoding_equals_one_decode(config: VaeConfig) {
+    let vae = config.init::<B>(&Default::default());
     let z = Tensor::<B, 5>::random([2, 4, 9, 4, 4], Distribution::Normal(0.0, 1.0), &Default::default());
     let whole = vae.decode(z.clone());
     assert_eq!(whole.dims()[2], 33);

@@ -71,6 +71,9 @@ fn eval_vae_on<B: Backend>(device: &B::Device, args: &EvalVaeArgs) -> Result<()>
         report.frames_per_clip,
         args.size
     );
+    let by_weather: Vec<String> =
+        report.psnr_by_weather.iter().map(|(w, p, n)| format!("{w} {p:.2} dB ({n})")).collect();
+    println!("by weather: {}", by_weather.join(", "));
     if let Some(p) = &args.json {
         std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
     }

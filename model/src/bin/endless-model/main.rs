@@ -162,6 +162,9 @@ enum Command {
         /// Channels of the latent, in place of the preset's.
         #[arg(long)]
         latent_channels: Option<usize>,
+        /// Groups of the group norms, in place of the preset's; 0: no norms.
+        #[arg(long)]
+        norm_groups: Option<usize>,
         /// Widths of the decoder's levels, full resolution first (default: the encoder's).
         #[arg(long, value_delimiter = ',')]
         decoder_channels: Option<Vec<usize>>,
@@ -264,6 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             decoder_only,
             channels,
             latent_channels,
+            norm_groups,
             decoder_channels,
             no_decoder_norm,
             fresh_decoder,
@@ -281,12 +285,15 @@ fn run(cli: Cli) -> Result<()> {
             if init_from.is_some() && !fresh_decoder && (decoder_channels.is_some() || no_decoder_norm) {
                 bail!("--init-from keeps its decoder's shape; add --fresh-decoder to train a new one");
             }
-            if init_from.is_some() && (channels.is_some() || latent_channels.is_some()) {
-                bail!("--init-from keeps its encoder: --channels and --latent-channels are for fresh runs");
+            if init_from.is_some() && (channels.is_some() || latent_channels.is_some() || norm_groups.is_some()) {
+                bail!(
+                    "--init-from keeps its encoder: --channels, --latent-channels and --norm-groups are for fresh runs"
+                );
             }
             let config = VaeConfig {
                 channels: channels.unwrap_or(config.channels),
                 latent_channels: latent_channels.unwrap_or(config.latent_channels),
+                norm_groups: norm_groups.unwrap_or(config.norm_groups),
                 decoder_channels,
                 decoder_norm_groups: no_decoder_norm.then_some(0),
                 ..config
