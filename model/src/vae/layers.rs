@@ -3,7 +3,7 @@
 //! (spatial convolutions, normalisation) is a reshape to `[b*t, c, h, w]` away.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::tensor::Tensor;
@@ -286,11 +286,20 @@ impl ResBlockConfig {
         let [c_in, c_out] = self.channels;
         let conv = |c_in| CausalConvConfig::new([c_in, c_out]).with_temporal_kernel(self.temporal_kernel).init(device);
         let norm = |c| (self.norm_groups > 0).then(|| GroupNormConfig::new(self.norm_groups, c).init(device));
+        let mut conv2 = conv(c_out);
+        if self.norm_groups == 0 {
+            // Without norms nothing rescales the residual branches: each starts at zero, so the
+            // block starts as its skip path (Fixup, Zhang et al. 2019) and depth cannot blow the
+            // signal up or wash it out before training has begun.
+            let last = conv2.temporal.as_mut().unwrap_or(&mut conv2.spatial);
+            last.weight = Param::from_tensor(last.weight.val().zeros_like().detach());
+            last.bias = last.bias.take().map(|b| Param::from_tensor(b.val().zeros_like().detach()));
+        }
         ResBlock {
             norm1: norm(c_in),
             conv1: conv(c_in),
             norm2: norm(c_out),
-            conv2: conv(c_out),
+            conv2,
             skip: (c_in != c_out).then(|| Conv2dConfig::new([c_in, c_out], [1, 1]).init(device)),
         }
     }
