@@ -158,17 +158,11 @@ impl VaeConfig {
             self.temporal_downsamples,
             self.channels.len()
         );
-        if self.norm_groups > 0 {
-            for &c in &self.channels {
-                assert!(c.is_multiple_of(self.norm_groups), "{} groups do not divide the width {c}", self.norm_groups);
-            }
-        }
-        let decoder = self.decoder_widths();
-        assert_eq!(decoder.len(), self.channels.len(), "the decoder has as many levels as the encoder");
-        let groups = self.decoder_groups();
-        if groups > 0 {
-            for &c in decoder {
-                assert!(c.is_multiple_of(groups), "{groups} groups do not divide the decoder's width {c}");
+        assert_eq!(self.decoder_widths().len(), self.channels.len(), "the decoder has as many levels as the encoder");
+        for (widths, groups) in [(&self.channels[..], self.norm_groups), (self.decoder_widths(), self.decoder_groups())]
+        {
+            for &c in widths.iter().filter(|_| groups > 0) {
+                assert!(c.is_multiple_of(groups), "{groups} groups do not divide the width {c}");
             }
         }
         Vae {
