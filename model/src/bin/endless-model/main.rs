@@ -134,6 +134,10 @@ enum Command {
         /// Fraction of batches that are single-frame images.
         #[arg(long, default_value_t = 0.25)]
         image_fraction: f64,
+        /// Chance that a world clip changes one or two attributes part-way through (within a
+        /// short clip such a change is abrupt, as a cut is).
+        #[arg(long, default_value_t = 0.3)]
+        transition_probability: f64,
         /// A folder of real videos (mp4, mkv, webm, mov…; captions in same-named .txt files):
         /// a second data source. Needs the `gst` feature.
         #[arg(long)]
@@ -259,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             cosine,
             image_fraction,
+            transition_probability,
             videos,
             video_fraction,
             ema,
@@ -282,6 +287,9 @@ fn run(cli: Cli) -> Result<()> {
                 "small" => VaeConfig::small(),
                 other => bail!("unknown --preset {other:?}: cpu, tiny or small"),
             };
+            if !(0.0..=1.0).contains(&transition_probability) {
+                bail!("--transition-probability {transition_probability} is not a probability (0 to 1)");
+            }
             if init_from.is_some() && !fresh_decoder && (decoder_channels.is_some() || no_decoder_norm) {
                 bail!("--init-from keeps its decoder's shape; add --fresh-decoder to train a new one");
             }
@@ -305,6 +313,7 @@ fn run(cli: Cli) -> Result<()> {
                 batch,
                 steps,
                 image_fraction,
+                transition_probability,
                 videos,
                 video_fraction,
                 seed: run.seed,
