@@ -262,3 +262,69 @@ fn distillation_halves_the_steps_and_follows_the_teacher() {
     assert!(format!("{err:#}").contains("cannot be halved"), "{err:#}");
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// A run goes on from an exported pipeline (f16, no optimiser state): it starts from the
+/// shipped weights, keeps their latent statistics and VAE, and trains on from there; a
+/// distilled pipeline is refused.
+#[test]
+fn training_goes_on_from_an_exported_pipeline() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(text_dir) = dir_for_tests() else { return };
+    let root = dir("continue");
+    let vae = vae_checkpoint(&root);
+    let device = Default::default();
+    let trained = root.join("trained");
+    train_denoiser::<B>(&TrainDenoiserOptions { steps: 3, ..options(&vae, &text_dir, trained.clone()) }, &device)
+        .unwrap();
+    let shipped = root.join("shipped");
+    Pipeline::<Flex>::load(&trained, true, &device)
+        .unwrap()
+        .export(&trained, &shipped, checkpoint::Precision::F16)
+        .unwrap();
+
+    let go_on = |out: &Path, steps: usize, lr: f64| {
+        let o = TrainDenoiserOptions {
+            batch: 2,
+            lead: 1,
+            steps,
+            seed: 2,
+            log_every: 0,
+            ..TrainDenoiserOptions::continuing(&shipped, &text_dir, out).unwrap()
+        }
+        .with_optim(|o| Optimisation { lr, warmup: 0, ..o });
+        train_denoiser::<B>(&o, &device).unwrap()
+    };
+    // One step at a learning rate of 1e-20, far below the weights' rounding: the shipped
+    // pipeline, chunk for chunk.
+    let still = root.join("still");
+    go_on(&still, 1, 1e-20);
+    let (a, b) = (
+        Pipeline::<Flex>::load(&shipped, true, &device).unwrap(),
+        Pipeline::<Flex>::load(&still, false, &device).unwrap(),
+    );
+    assert_eq!(a.spec, b.spec, "the latent statistics are the shipped ones, not measured again");
+    let text = TextEncoder::<Flex>::load(&text_dir, &device).unwrap();
+    let request =
+        || ChunkRequest { seed: 7, chunk: 0, context: None, anchors: None, text: text.embed("a foggy morning at sea") };
+    let settings = SamplerSettings { steps: 4, ..SamplerSettings::default() };
+    let (x, y) = (a.generate(&[request()], &settings).remove(0), b.generate(&[request()], &settings).remove(0));
+    let d = max_diff(&x, &y);
+    assert!(d < 1e-6, "the run starts from the shipped weights: chunks differ by {d}");
+    let meta = checkpoint::read_info(&still.join("denoiser.safetensors")).unwrap().meta;
+    assert_eq!(meta["init_from"], shipped.display().to_string());
+
+    // And it trains on from there.
+    let on = root.join("on");
+    let summary = go_on(&on, 3, 2e-3);
+    assert_eq!((summary.start_step, summary.end_step), (0, 3));
+    let moved = Pipeline::<Flex>::load(&on, false, &device).unwrap().generate(&[request()], &settings).remove(0);
+    assert!(max_diff(&x, &moved) > 0.0, "the weights moved");
+
+    // A distilled pipeline goes on by distillation.
+    let mut spec = PipelineSpec::load(&shipped).unwrap();
+    spec.distilled = Some(Distilled { steps: 2, from_steps: 4, guidance: Guidance { text: 2.0, context: 1.0 } });
+    spec.save(&shipped).unwrap();
+    let err = TrainDenoiserOptions::continuing(&shipped, &text_dir, root.join("refused")).unwrap_err();
+    assert!(format!("{err:#}").contains("distilled"), "{err:#}");
+    std::fs::remove_dir_all(&root).ok();
+}

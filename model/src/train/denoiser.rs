@@ -108,6 +108,11 @@ pub struct TrainDenoiserOptions {
     /// Progressive distillation ([`super::distill`]): the run starts from this teacher's
     /// weights and learns to take two of its steps in one; `None`: ordinary training.
     pub distill: Option<DistillFrom>,
+    /// A pipeline folder whose denoiser (its EMA weights when it has them), latent statistics
+    /// and VAE the run starts from, with a fresh optimiser: an exported pipeline
+    /// (`models/cpu`) has no optimiser state to `resume`, so this is how training goes on from
+    /// shipped weights. `None`: a fresh initialisation.
+    pub init_from: Option<PathBuf>,
 }
 
 impl TrainDenoiserOptions {
@@ -156,6 +161,7 @@ impl TrainDenoiserOptions {
             log_every: 10,
             time_limit: None,
             distill: None,
+            init_from: None,
         }
     }
 
@@ -177,6 +183,27 @@ impl TrainDenoiserOptions {
             ..TrainDenoiserOptions::new(config, from.teacher.join(VAE_FILE), text, out)
         }
         .with_optim(|o| Optimisation { lr: 1e-4, warmup: 0, ..o }))
+    }
+
+    /// Options that go on training the pipeline in `from` into `out`: its frame size, rate,
+    /// window, VAE, model and latent statistics; its anchors when it was trained with them.
+    /// Give the run another seed than the one `from` was trained with, or it sees the same
+    /// clips again.
+    pub fn continuing(from: &Path, text: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Result<Self> {
+        let spec = PipelineSpec::load(from)?;
+        if spec.distilled.is_some() {
+            bail!("{} is distilled: a further round is `distill --teacher`", from.display());
+        }
+        let config: DenoiserConfig = checkpoint::read_config(&crate::pipeline::denoiser_path(from, true))?;
+        Ok(TrainDenoiserOptions {
+            width: spec.width,
+            height: spec.height,
+            fps: spec.fps,
+            window: spec.window,
+            anchor_fraction: if spec.anchors { 0.25 } else { 0.0 },
+            init_from: Some(from.to_path_buf()),
+            ..TrainDenoiserOptions::new(config, from.join(VAE_FILE), text, out)
+        })
     }
 
     /// These options with the optimiser's settings changed by `f`.
@@ -346,6 +373,7 @@ impl<B: AutodiffBackend> Run<B> {
             "seed": o.seed,
             "latent_mean": self.spec.latent_mean,
             "latent_std": self.spec.latent_std,
+            "init_from": o.init_from.as_ref().map(|p| p.display().to_string()),
         });
         save_optim(&self.optim, &self.model, &o.out.join("optim"))?;
         if let Some(ema) = &self.ema {
@@ -382,12 +410,17 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             .with_context(|| format!("loading the text encoder from {}", o.text.display()))?,
     );
     let teacher = o.distill.as_ref().map(|d| d.load::<B::InnerBackend>(device)).transpose()?;
+    if o.distill.is_some() && o.init_from.is_some() {
+        bail!("a distillation starts from its teacher: no init_from");
+    }
     let ckpt = o.out.join(DENOISER_FILE);
     let resuming = o.resume && checkpoint::config_path(&ckpt).exists();
     let config = if resuming {
         checkpoint::read_config(&ckpt)?
     } else if let Some(teacher) = &teacher {
         teacher.pipeline.denoiser_config.clone()
+    } else if let Some(from) = &o.init_from {
+        checkpoint::read_config(&crate::pipeline::denoiser_path(from, true))?
     } else {
         o.config.clone().with_latent_channels(vae_config.latent_channels).with_text_dim(text.dim())
     };
@@ -418,9 +451,24 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
         eprintln!("resuming {} at step {step} ({samples_seen} samples seen)", ckpt.display());
         Run { config: config.clone(), spec, model, optim, ema, step, samples_seen, rows }
     } else {
-        let spec = match &teacher {
-            Some(teacher) => teacher.student_spec(),
-            None => {
+        let spec = match (&teacher, &o.init_from) {
+            (Some(teacher), _) => teacher.student_spec(),
+            (None, Some(from)) => {
+                let spec = PipelineSpec::load(from)?;
+                if (spec.width, spec.height, spec.fps, spec.window) != (o.width, o.height, o.fps, o.window) {
+                    bail!(
+                        "{} is {}x{} at {} fps with windows of {}: the run must be too",
+                        from.display(),
+                        spec.width,
+                        spec.height,
+                        spec.fps,
+                        spec.window
+                    );
+                }
+                // Anchors learnt now count as much as anchors learnt before.
+                PipelineSpec { anchors: spec.anchors || o.anchor_fraction > 0.0, ..spec }
+            }
+            (None, None) => {
                 let started = Instant::now();
                 let (latent_mean, latent_std, channels) = latent_stats(&encoder, o.stats_batches);
                 let per_channel: Vec<String> =
@@ -446,11 +494,10 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             }
         };
         copy_vae(&o.vae, &o.out)?;
-        let model: Denoiser<B> = match &o.distill {
-            // The student starts as its teacher.
-            Some(d) => {
-                checkpoint::load(config.init(device), &crate::pipeline::denoiser_path(&d.teacher, true), device)?
-            }
+        // A student starts as its teacher; a continued run as the pipeline it continues.
+        let start_from = o.distill.as_ref().map(|d| &d.teacher).or(o.init_from.as_ref());
+        let model: Denoiser<B> = match start_from {
+            Some(from) => checkpoint::load(config.init(device), &crate::pipeline::denoiser_path(from, true), device)?,
             None => {
                 B::seed(device, noise_hash(o.seed, -1, 0));
                 let model = config.init(device);

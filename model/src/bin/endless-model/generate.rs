@@ -81,22 +81,27 @@ impl RunArgs {
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// Denoiser preset: tiny, medium, small or base.
-    #[arg(long, default_value = "tiny")]
+    #[arg(long, default_value = "tiny", conflicts_with = "init_from")]
     preset: String,
     /// The trained VAE checkpoint.
+    #[arg(long, required_unless_present = "init_from", conflicts_with = "init_from")]
+    vae: Option<PathBuf>,
+    /// Go on training this pipeline folder (e.g. models/cpu): its denoiser, VAE, latent
+    /// statistics, frame size, rate and window, with a fresh optimiser. Give another --seed
+    /// than its run's, or the run sees the same clips again.
     #[arg(long)]
-    vae: PathBuf,
+    init_from: Option<PathBuf>,
     /// all-MiniLM-L6-v2 folder (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
     #[arg(long)]
     text: Option<PathBuf>,
     /// Frame size, WIDTHxHEIGHT (multiples of 8 × the patch size).
-    #[arg(long, default_value = "64x64")]
+    #[arg(long, default_value = "64x64", conflicts_with = "init_from")]
     size: Size,
     /// Frames per second of the training clips (and of the streams the pipeline makes).
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 8.0, conflicts_with = "init_from")]
     fps: f64,
     /// Latent frames the denoiser sees at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, conflicts_with = "init_from")]
     window: usize,
     /// Extra latent frames before the window (windows start at a random offset up to this).
     #[arg(long, default_value_t = 2)]
@@ -175,18 +180,28 @@ fn train_vae_on<B: AutodiffBackend>(device: &B::Device, options: &endless_model:
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let config = match args.preset.as_str() {
-        "tiny" => DenoiserConfig::tiny(),
-        "medium" => DenoiserConfig::medium(),
-        "small" => DenoiserConfig::small(),
-        "base" => DenoiserConfig::base(),
-        other => bail!("unknown --preset {other:?}: tiny, medium, small or base"),
+    let text = args.text.clone().unwrap_or_else(default_dir);
+    let base = match (&args.init_from, &args.vae) {
+        (Some(from), _) => TrainDenoiserOptions::continuing(from, text, &args.out)?,
+        (None, Some(vae)) => {
+            let config = match args.preset.as_str() {
+                "tiny" => DenoiserConfig::tiny(),
+                "medium" => DenoiserConfig::medium(),
+                "small" => DenoiserConfig::small(),
+                "base" => DenoiserConfig::base(),
+                other => bail!("unknown --preset {other:?}: tiny, medium, small or base"),
+            };
+            TrainDenoiserOptions {
+                width: args.size.width,
+                height: args.size.height,
+                fps: args.fps,
+                window: args.window,
+                ..TrainDenoiserOptions::new(config, vae, text, &args.out)
+            }
+        }
+        (None, None) => bail!("--vae or --init-from is needed"),
     };
     let options = TrainDenoiserOptions {
-        width: args.size.width,
-        height: args.size.height,
-        fps: args.fps,
-        window: args.window,
         lead: args.lead,
         batch: args.batch,
         steps: args.steps,
@@ -201,7 +216,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         checkpoint_every: args.run.checkpoint_every,
         log_every: args.run.log_every,
         time_limit: args.run.time_limit(),
-        ..TrainDenoiserOptions::new(config, &args.vae, args.text.clone().unwrap_or_else(default_dir), &args.out)
+        ..base
     }
     .with_optim(|o| Optimisation {
         lr: args.lr,
