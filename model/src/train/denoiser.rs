@@ -165,45 +165,43 @@ impl TrainDenoiserOptions {
         }
     }
 
-    /// Options that distil `from`'s teacher into `out`: the teacher's frame size, rate,
-    /// window, VAE and model; its anchors when it was trained with them. Distillation wants a
-    /// smaller learning rate than training from scratch (1e-4) and no warm-up.
-    pub fn distilling(from: DistillFrom, text: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Result<Self> {
-        let spec = PipelineSpec::load(&from.teacher)?;
-        let teacher = crate::pipeline::denoiser_path(&from.teacher, true);
-        let config: DenoiserConfig = checkpoint::read_config(&teacher)?;
-        Ok(TrainDenoiserOptions {
+    /// Options shaped as the pipeline in `from`: its frame size, rate, window, VAE and model;
+    /// its anchors when it was trained with them. With the pipeline's spec.
+    fn shaped_as(from: &Path, text: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Result<(PipelineSpec, Self)> {
+        let spec = PipelineSpec::load(from)?;
+        let config: DenoiserConfig = checkpoint::read_config(&crate::pipeline::denoiser_path(from, true))?;
+        let options = TrainDenoiserOptions {
             width: spec.width,
             height: spec.height,
             fps: spec.fps,
             window: spec.window,
             anchor_fraction: if spec.anchors { 0.25 } else { 0.0 },
-            image_fraction: 0.0,
-            distill: Some(from.clone()),
-            ..TrainDenoiserOptions::new(config, from.teacher.join(VAE_FILE), text, out)
-        }
-        .with_optim(|o| Optimisation { lr: 1e-4, warmup: 0, ..o }))
+            ..TrainDenoiserOptions::new(config, from.join(VAE_FILE), text, out)
+        };
+        Ok((spec, options))
     }
 
-    /// Options that go on training the pipeline in `from` into `out`: its frame size, rate,
-    /// window, VAE, model and latent statistics; its anchors when it was trained with them.
-    /// Give the run another seed than the one `from` was trained with, or it sees the same
-    /// clips again.
+    /// Options that distil `from`'s teacher into `out`, shaped as the teacher
+    /// ([`TrainDenoiserOptions::shaped_as`]). Distillation wants a smaller learning rate than
+    /// training from scratch (1e-4) and no warm-up.
+    pub fn distilling(from: DistillFrom, text: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Result<Self> {
+        let (_, options) = Self::shaped_as(&from.teacher, text, out)?;
+        Ok(TrainDenoiserOptions { image_fraction: 0.0, distill: Some(from), ..options }.with_optim(|o| Optimisation {
+            lr: 1e-4,
+            warmup: 0,
+            ..o
+        }))
+    }
+
+    /// Options that go on training the pipeline in `from` into `out`, shaped as it
+    /// ([`TrainDenoiserOptions::shaped_as`]), from its weights and latent statistics. Give the
+    /// run another seed than the one `from` was trained with, or it sees the same clips again.
     pub fn continuing(from: &Path, text: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Result<Self> {
-        let spec = PipelineSpec::load(from)?;
+        let (spec, options) = Self::shaped_as(from, text, out)?;
         if spec.distilled.is_some() {
             bail!("{} is distilled: a further round is `distill --teacher`", from.display());
         }
-        let config: DenoiserConfig = checkpoint::read_config(&crate::pipeline::denoiser_path(from, true))?;
-        Ok(TrainDenoiserOptions {
-            width: spec.width,
-            height: spec.height,
-            fps: spec.fps,
-            window: spec.window,
-            anchor_fraction: if spec.anchors { 0.25 } else { 0.0 },
-            init_from: Some(from.to_path_buf()),
-            ..TrainDenoiserOptions::new(config, from.join(VAE_FILE), text, out)
-        })
+        Ok(TrainDenoiserOptions { init_from: Some(from.to_path_buf()), ..options })
     }
 
     /// These options with the optimiser's settings changed by `f`.
