@@ -8,4 +8,7 @@ extra_packages=()
 source scripts/setup.sh
 
 cargo build --release -p endless-streamer
+# The model source (--source model) reads prompts with all-MiniLM-L6-v2; the world does not
+# need it, so serving goes on without it.
+bash scripts/fetch-minilm.sh || echo "warning: no all-MiniLM-L6-v2; only the world source (the default) will work" >&2
 exec "$CARGO_TARGET_DIR/release/endless" --config config.toml "$@" serve
