@@ -400,6 +400,9 @@ fn copy_vae(from: &Path, out: &Path) -> Result<()> {
 
 /// Trains a denoiser as `o` says; `o.out` becomes a pipeline folder.
 pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::Device) -> Result<TrainSummary> {
+    if o.distill.is_some() && o.init_from.is_some() {
+        bail!("a distillation starts from its teacher: no init_from");
+    }
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let vae_config: VaeConfig = checkpoint::read_config(&o.vae)?;
     let vae: Vae<B::InnerBackend> = checkpoint::load(vae_config.init(device), &o.vae, device)?;
@@ -408,9 +411,6 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             .with_context(|| format!("loading the text encoder from {}", o.text.display()))?,
     );
     let teacher = o.distill.as_ref().map(|d| d.load::<B::InnerBackend>(device)).transpose()?;
-    if o.distill.is_some() && o.init_from.is_some() {
-        bail!("a distillation starts from its teacher: no init_from");
-    }
     let ckpt = o.out.join(DENOISER_FILE);
     let resuming = o.resume && checkpoint::config_path(&ckpt).exists();
     let config = if resuming {
