@@ -2,6 +2,7 @@
 //! (the posterior mean, decoded alone) against the rendered ones.
 
 use crate::data::{video_frames, video_tensor};
+use crate::eval::motion::{camera_of, camera_velocity};
 use crate::media::{Size, contact_sheet};
 use crate::vae::Vae;
 use crate::world::{ClipOptions, ClipSampler, Split, Weather};
@@ -25,6 +26,12 @@ pub struct VaeReport {
     /// were. Rain and snow are fields of small random particles, which an 8× latent cell cannot
     /// place; this says how much of the error they are.
     pub psnr_by_weather: Vec<(String, f64, usize)>,
+    /// Share of clips whose reconstruction reads as the same camera (left, still, right) as the
+    /// clip, from the pixels' motion: a VAE that blurs or freezes the pan fails here while its
+    /// PSNR hardly moves.
+    pub camera_agreement: f64,
+    /// Mean |velocity of the reconstruction − velocity of the clip| (screen heights per second).
+    pub camera_speed_error: f64,
 }
 
 /// PSNR in dB of an RGB8 mean squared error.
@@ -53,6 +60,7 @@ pub fn evaluate_vae<B: Backend>(
     let mut clip_psnr = Vec::with_capacity(clips);
     let mut clip_weather = Vec::with_capacity(clips);
     let mut frame_mse = vec![0.0; t];
+    let (mut camera_agree, mut camera_error) = (0usize, 0.0);
     let mut sheet = None;
     let mut done = 0;
     while done < clips {
@@ -68,6 +76,9 @@ pub fn evaluate_vae<B: Backend>(
                 *acc += m / clips as f64;
             }
             clip_psnr.push(psnr(per_frame.iter().sum::<f64>() / t as f64));
+            let (va, vb) = (camera_velocity(a, w, h, options.fps), camera_velocity(b, w, h, options.fps));
+            camera_agree += (camera_of(va) == camera_of(vb)) as usize;
+            camera_error += (va - vb).abs() / clips as f64;
         }
         if sheet.is_none() {
             let frames: Vec<Vec<u8>> = real[0].iter().chain(&recon[0]).cloned().collect();
@@ -92,6 +103,8 @@ pub fn evaluate_vae<B: Backend>(
                     .then(|| (weather.label().to_string(), of.iter().sum::<f64>() / of.len() as f64, of.len()))
             })
             .collect(),
+        camera_agreement: camera_agree as f64 / clips as f64,
+        camera_speed_error: camera_error,
     };
     (report, sheet.expect("at least one clip"))
 }

@@ -74,6 +74,11 @@ fn eval_vae_on<B: Backend>(device: &B::Device, args: &EvalVaeArgs) -> Result<()>
     let by_weather: Vec<String> =
         report.psnr_by_weather.iter().map(|(w, p, n)| format!("{w} {p:.2} dB ({n})")).collect();
     println!("by weather: {}", by_weather.join(", "));
+    println!(
+        "camera read off the pixels: the same in {:.0} % of reconstructions, speed off by {:.3} screen heights/s",
+        100.0 * report.camera_agreement,
+        report.camera_speed_error
+    );
     if let Some(p) = &args.json {
         std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
     }
