@@ -204,7 +204,7 @@ impl Default for Model {
             min_steps: Bounded(2),
             mode: ExtendMode::Conditioned,
             guidance_weight_tenths: Bounded(20),
-            text_guidance_tenths: Bounded(30),
+            text_guidance_tenths: Bounded(80),
             context_guidance_tenths: Bounded(10),
             context_frames: Bounded(2),
             anchors: Bounded(1),

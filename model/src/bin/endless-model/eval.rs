@@ -258,7 +258,7 @@ pub struct EvalArgs {
     /// DDIM steps per chunk.
     #[arg(long, default_value_t = 8)]
     steps: usize,
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 8.0)]
     text_guidance: f64,
     #[arg(long, default_value_t = 1.0)]
     context_guidance: f64,

@@ -258,7 +258,7 @@ pub struct DistillArgs {
     #[arg(long, default_value_t = 32)]
     teacher_steps: usize,
     /// Classifier-free guidance scale of the text built into the student (undistilled teacher).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 8.0)]
     text_guidance: f64,
     /// Classifier-free guidance scale of the past frames built into the student.
     #[arg(long, default_value_t = 1.0)]
@@ -378,7 +378,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
     /// Classifier-free guidance scale of the text.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 8.0)]
     text_guidance: f64,
     /// Classifier-free guidance scale of the past frames.
     #[arg(long, default_value_t = 1.0)]
