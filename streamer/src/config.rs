@@ -200,7 +200,7 @@ impl Default for Model {
             dir: PathBuf::from("models"),
             text_dir: PathBuf::new(),
             device: endless_model::device::DeviceKind::Auto,
-            steps: Bounded(8),
+            steps: Bounded(4),
             min_steps: Bounded(2),
             mode: ExtendMode::Conditioned,
             guidance_weight_tenths: Bounded(20),
