@@ -72,6 +72,9 @@ pub struct TrainVaeOptions {
     /// Train the decoder alone; the encoder stays bit for bit as it started. A denoiser trained
     /// on the encoder's latents keeps working with the fine-tuned decoder.
     pub decoder_only: bool,
+    /// Weight of the loss's motion term ([`VaeConfig::motion_weight`]) in place of that of
+    /// `config` or of `init_from`'s checkpoint; a resumed run keeps its checkpoint's.
+    pub motion_weight: Option<f64>,
     /// With `init_from`: keep only its encoder, and start a decoder of `config`'s
     /// `decoder_channels` and `decoder_norm_groups` from a fresh initialisation.
     pub fresh_decoder: bool,
@@ -113,6 +116,7 @@ impl TrainVaeOptions {
             resume: false,
             init_from: None,
             decoder_only: false,
+            motion_weight: None,
             fresh_decoder: false,
             checkpoint_every: 500,
             log_every: 10,
@@ -180,6 +184,11 @@ impl TrainVaeOptions {
         if !(0.0..=1.0).contains(&self.image_fraction) || !(0.0..=1.0).contains(&self.video_fraction) {
             bail!("the image and video fractions must be in [0, 1]");
         }
+        if let Some(w) = self.motion_weight
+            && !(w.is_finite() && w >= 0.0)
+        {
+            bail!("--motion-weight {w} must be a finite weight of 0 or more");
+        }
         self.optim.validate()
     }
 }
@@ -223,6 +232,7 @@ impl<B: AutodiffBackend> Run<B> {
             let (config, model) = match &o.init_from {
                 Some(from) => {
                     let config: VaeConfig = checkpoint::read_config(from)?;
+                    let config = VaeConfig { motion_weight: o.motion_weight.or(config.motion_weight), ..config };
                     let trained: Vae<B> = checkpoint::load(config.init(device), from, device)?;
                     if o.fresh_decoder {
                         let config = VaeConfig {
@@ -240,10 +250,12 @@ impl<B: AutodiffBackend> Run<B> {
                     }
                 }
                 None => {
+                    let config =
+                        VaeConfig { motion_weight: o.motion_weight.or(o.config.motion_weight), ..o.config.clone() };
                     B::seed(device, noise_hash(o.seed, -1, 0));
-                    let model: Vae<B> = o.config.init(device);
+                    let model: Vae<B> = config.init(device);
                     param_ids(&model); // initialise every parameter now, from the seed
-                    (o.config.clone(), model)
+                    (config, model)
                 }
             };
             let ema = o.optim.ema_decay.map(|_| model.valid());
@@ -263,6 +275,15 @@ impl<B: AutodiffBackend> Run<B> {
                 ckpt.display(),
                 if o.decoder_only { "end to end" } else { "decoder only" },
                 if o.decoder_only { "without --decoder-only" } else { "with --decoder-only" }
+            );
+        }
+        if let Some(w) = o.motion_weight
+            && w != config.motion_weight.unwrap_or(0.0)
+        {
+            bail!(
+                "{} trains with motion weight {}; a resumed run keeps it (not {w})",
+                ckpt.display(),
+                config.motion_weight.unwrap_or(0.0)
             );
         }
         let model: Vae<B> = checkpoint::load(config.init(device), &ckpt, device)?;

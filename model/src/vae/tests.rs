@@ -1,6 +1,6 @@
 use burn::backend::{Autodiff, Flex};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 
 use super::{ReconLoss, VaeConfig};
 use crate::data::video_tensor;
@@ -177,4 +177,39 @@ fn vae_overfits_one_clip() {
         vae = optim.step(3e-3, vae, grads);
     }
     assert!(last <= target, "reconstruction MSE went from {first} to {last}, not below {target}");
+}
+
+#[test]
+fn the_motion_term_tells_frozen_frames_from_a_colour_offset() {
+    let device = Default::default();
+    // A video that brightens by 0.1 a frame, and two reconstructions with the same L1 error of
+    // 0.2: one off by a constant 0.2, one holding the first frame still (errors 0, 0.1 … 0.4).
+    let (t, h, w) = (5, 4, 4);
+    let ramp: Vec<f32> = (0..t).map(|i| 0.1 * i as f32).collect();
+    let video = Tensor::<B, 1>::from_data(TensorData::new(ramp, [t]), &device)
+        .reshape([1, 1, t, 1, 1])
+        .expand([1, 3, t, h, w]);
+    let offset = video.clone().add_scalar(0.2);
+    let frozen = video.clone().narrow(2, 0, 1).expand([1, 3, t, h, w]);
+    let output = |reconstruction: Tensor<B, 5>| super::VaeOutput {
+        reconstruction,
+        mean: Tensor::zeros([1, 4, 2, 1, 1], &device),
+        logvar: Tensor::zeros([1, 4, 2, 1, 1], &device),
+        kl: Tensor::zeros([1], &device),
+    };
+    let losses = |motion: Option<f64>| {
+        let vae = test_config().with_motion_weight(motion).init::<B>(&device);
+        [offset.clone(), frozen.clone()].map(|r| {
+            let loss = vae.loss_of(output(r), video.clone());
+            (loss.recon.into_scalar(), loss.total.into_scalar())
+        })
+    };
+    let close = |a: f32, b: f32| (a - b).abs() < 1e-5;
+    // Without the term (as in checkpoints from before it) both score the same.
+    let [(r0, t0), (r1, t1)] = losses(None);
+    assert!(close(r0, 0.2) && close(r1, 0.2) && close(t0, t1), "{r0} {r1} {t0} {t1}");
+    // With it, the frozen one pays for its frame-to-frame error of 0.1 (weight 2: 0.2 more).
+    let [(r0, t0), (r1, t1)] = losses(Some(2.0));
+    assert!(close(r0, 0.2) && close(r1, 0.2), "{r0} {r1}");
+    assert!(close(t0, 0.2) && close(t1, 0.4), "offset {t0}, frozen {t1}");
 }

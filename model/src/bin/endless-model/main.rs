@@ -179,6 +179,10 @@ enum Command {
         /// --no-decoder-norm) from a fresh initialisation.
         #[arg(long)]
         fresh_decoder: bool,
+        /// Weight of the motion term of the loss: the L1 error of the frame-to-frame changes
+        /// (default: the preset's or --init-from's, 0 unless set).
+        #[arg(long)]
+        motion_weight: Option<f64>,
         #[command(flatten)]
         run: generate::RunArgs,
         /// auto, cpu or cuda.
@@ -276,6 +280,7 @@ fn run(cli: Cli) -> Result<()> {
             decoder_channels,
             no_decoder_norm,
             fresh_decoder,
+            motion_weight,
             run,
             device,
         } => {
@@ -321,6 +326,7 @@ fn run(cli: Cli) -> Result<()> {
                 init_from,
                 decoder_only,
                 fresh_decoder,
+                motion_weight,
                 checkpoint_every: run.checkpoint_every,
                 log_every: run.log_every,
                 time_limit: run.time_limit(),
