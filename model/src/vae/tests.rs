@@ -186,9 +186,8 @@ fn the_motion_term_tells_frozen_frames_from_a_colour_offset() {
     // 0.2: one off by a constant 0.2, one holding the first frame still (errors 0, 0.1 … 0.4).
     let (t, h, w) = (5, 4, 4);
     let ramp: Vec<f32> = (0..t).map(|i| 0.1 * i as f32).collect();
-    let video = Tensor::<B, 1>::from_data(TensorData::new(ramp, [t]), &device)
-        .reshape([1, 1, t, 1, 1])
-        .expand([1, 3, t, h, w]);
+    let video =
+        Tensor::<B, 1>::from_data(TensorData::new(ramp, [t]), &device).reshape([1, 1, t, 1, 1]).expand([1, 3, t, h, w]);
     let offset = video.clone().add_scalar(0.2);
     let frozen = video.clone().narrow(2, 0, 1).expand([1, 3, t, h, w]);
     let output = |reconstruction: Tensor<B, 5>| super::VaeOutput {
