@@ -78,6 +78,10 @@ pub struct TrainVaeOptions {
     /// With `init_from`: keep only its encoder, and start a decoder of `config`'s
     /// `decoder_channels` and `decoder_norm_groups` from a fresh initialisation.
     pub fresh_decoder: bool,
+    /// Up-sample time in the decoder by depth to time ([`VaeConfig::depth_to_time`]): for a
+    /// fresh decoder, of `config`'s shape; with `init_from` alone, its decoder grown from the
+    /// repeat it has, starting from the same output. A resumed run keeps its checkpoint's.
+    pub depth_to_time: bool,
     /// Checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_every: usize,
     /// A progress line on stderr every this many steps; 0: none.
@@ -118,6 +122,7 @@ impl TrainVaeOptions {
             decoder_only: false,
             motion_weight: None,
             fresh_decoder: false,
+            depth_to_time: false,
             checkpoint_every: 500,
             log_every: 10,
             time_limit: None,
@@ -238,6 +243,7 @@ impl<B: AutodiffBackend> Run<B> {
                         let config = VaeConfig {
                             decoder_channels: o.config.decoder_channels.clone(),
                             decoder_norm_groups: o.config.decoder_norm_groups,
+                            depth_to_time: o.depth_to_time.then_some(true).or(o.config.depth_to_time),
                             ..config
                         };
                         B::seed(device, noise_hash(o.seed, -1, 0));
@@ -245,13 +251,20 @@ impl<B: AutodiffBackend> Run<B> {
                         model.encoder = trained.encoder;
                         param_ids(&model);
                         (config, model)
+                    } else if o.depth_to_time && config.depth_to_time != Some(true) {
+                        let config = VaeConfig { depth_to_time: Some(true), ..config };
+                        let model = Vae { decoder: trained.decoder.with_depth_to_time(device), ..trained };
+                        (config, model)
                     } else {
                         (config, trained)
                     }
                 }
                 None => {
-                    let config =
-                        VaeConfig { motion_weight: o.motion_weight.or(o.config.motion_weight), ..o.config.clone() };
+                    let config = VaeConfig {
+                        motion_weight: o.motion_weight.or(o.config.motion_weight),
+                        depth_to_time: o.depth_to_time.then_some(true).or(o.config.depth_to_time),
+                        ..o.config.clone()
+                    };
                     B::seed(device, noise_hash(o.seed, -1, 0));
                     let model: Vae<B> = config.init(device);
                     param_ids(&model); // initialise every parameter now, from the seed
@@ -285,6 +298,9 @@ impl<B: AutodiffBackend> Run<B> {
                 ckpt.display(),
                 config.motion_weight.unwrap_or(0.0)
             );
+        }
+        if o.depth_to_time && config.depth_to_time != Some(true) {
+            bail!("{} up-samples time by repeat; a resumed run keeps it (no --depth-to-time)", ckpt.display());
         }
         let model: Vae<B> = checkpoint::load(config.init(device), &ckpt, device)?;
         let optim = load_optim(adamw.init::<B, Vae<B>>(), &model, &o.out.join("optim.bin"), device)?;

@@ -93,6 +93,7 @@ impl VaeConfig {
                         channels: [c[i], c[i - 1]],
                         temporal: self.halves_time(i - 1),
                         temporal_kernel: self.temporal_kernel,
+                        depth_to_time: self.depth_to_time.unwrap_or(false),
                     }
                     .init(device)
                 }),
@@ -186,6 +187,15 @@ pub struct Decoder<B: Backend> {
 }
 
 impl<B: Backend> Decoder<B> {
+    /// This decoder with depth to time in every temporal up-sampling, starting from the output
+    /// it gives now ([`Upsample::with_depth_to_time`]).
+    pub fn with_depth_to_time(mut self, device: &B::Device) -> Self {
+        for level in &mut self.levels {
+            level.up = level.up.take().map(|up| up.with_depth_to_time(device));
+        }
+        self
+    }
+
     /// # Shapes
     /// - `z`: `[b, t', c_latent, h', w']`
     /// - returns: `[b, 1 + 4(t' − 1), c_image, 8h', 8w']` with the default factors

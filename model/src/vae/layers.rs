@@ -346,9 +346,17 @@ impl<B: Backend> ResBlock<B> {
     }
 }
 
-/// Nearest-neighbour up-sampling by 2 in space and, optionally, causally in time (the first frame
-/// stays one frame, every later frame becomes two: `1 + m` → `1 + 2m`), then a causal conv to
-/// the next level's width (narrowing here rather than after saves work at the larger size).
+/// Up-sampling by 2 in space (nearest neighbour) and, optionally, causally in time (the first
+/// frame stays one frame, every later frame becomes two: `1 + m` → `1 + 2m`), then a causal conv
+/// to the next level's width (narrowing here rather than after saves work at the larger size).
+///
+/// Time is up-sampled in one of two ways:
+/// - **repeat**: every frame twice, so the two frames differ only through what the causal
+///   conv after sees behind them;
+/// - **depth to time** (MAGVIT-v2): a 1×1 conv doubles the channels of every frame and the two
+///   halves become two frames, the earlier then the later, so each has weights of its own. It
+///   starts as the repeat (each half a copy of the input), so a trained decoder can switch to
+///   it without changing its output ([`Upsample::with_depth_to_time`]).
 #[derive(Config, Debug)]
 pub struct UpsampleConfig {
     /// Input and output channels.
@@ -357,20 +365,27 @@ pub struct UpsampleConfig {
     pub temporal: bool,
     /// Temporal kernel of the convolution.
     pub temporal_kernel: usize,
+    /// With `temporal`: depth to time rather than repeat.
+    #[config(default = false)]
+    pub depth_to_time: bool,
 }
 
 impl UpsampleConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Upsample<B> {
-        Upsample {
+        let up = Upsample {
             conv: CausalConvConfig::new(self.channels).with_temporal_kernel(self.temporal_kernel).init(device),
+            expand: None,
             temporal: self.temporal,
-        }
+        };
+        if self.temporal && self.depth_to_time { up.with_depth_to_time(device) } else { up }
     }
 }
 
 #[derive(Module, Debug)]
 pub struct Upsample<B: Backend> {
     pub conv: CausalConv<B>,
+    /// Depth to time: weight `[2·c_in, c_in, 1, 1]`, the earlier frame's channels first.
+    pub expand: Option<Conv2d<B>>,
     #[module(skip)]
     pub temporal: bool,
 }
@@ -389,27 +404,47 @@ impl<B: Backend> Upsample<B> {
     /// first chunk every frame becomes two (`t` → `2t`).
     pub fn forward_stream(&self, x: Tensor<B, 5>, state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
         let [b, t, c, h, w] = x.dims();
-        let x = x.reshape([b * t * c, h, 1, w, 1]).repeat_dim(2, 2).repeat_dim(4, 2); // [b*t*c, h, 2, w, 2]
-        let x = x.reshape([b, t, c, 2 * h, 2 * w]);
-        let x = if self.temporal {
-            let x = x.reshape([b, t, 1, c * 4 * h * w]).repeat_dim(2, 2); // [b, t, 2, c*2h*2w]
-            let x = x.reshape([b, 2 * t, c, 2 * h, 2 * w]);
+        let (x, t) = if self.temporal {
+            let x = match &self.expand {
+                // [b*t, 2c, h, w] is [b, t, 2, c, h, w]: frame 2i from the first c channels.
+                Some(expand) => conv1x1(expand, x.reshape([b * t, c, h, w])).reshape([b, 2 * t, c, h, w]),
+                None => x.reshape([b, t, 1, c * h * w]).repeat_dim(2, 2).reshape([b, 2 * t, c, h, w]),
+            };
             if state.as_ref().is_some_and(|s| s.started()) {
-                x
+                (x, 2 * t)
             } else {
-                // [x0, x0, x1, x1, …] without its first frame: [x0, x1, x1, x2, x2, …]
-                x.narrow(1, 1, 2 * t - 1)
+                // [x0, x0', x1, x1', …] without its first frame: the first frame stays one.
+                (x.narrow(1, 1, 2 * t - 1), 2 * t - 1)
             }
         } else {
-            x
+            (x, t)
         };
+        let x = x.reshape([b * t * c, h, 1, w, 1]).repeat_dim(2, 2).repeat_dim(4, 2); // [b*t*c, h, 2, w, 2]
+        let x = x.reshape([b, t, c, 2 * h, 2 * w]);
         self.conv.forward_stream(x, state)
+    }
+
+    /// This layer with depth to time in place of the repeat, starting where the repeat is: each
+    /// frame's two halves are copies of it, so the output does not change until training moves
+    /// the weights. Leaves a layer that does not up-sample time, or already does so, as it is.
+    pub fn with_depth_to_time(self, device: &B::Device) -> Self {
+        if !self.temporal || self.expand.is_some() {
+            return self;
+        }
+        let c = self.conv.spatial.weight.dims()[1];
+        let mut expand = Conv2dConfig::new([c, 2 * c], [1, 1]).init(device);
+        let eye = Tensor::<B, 2>::eye(c, device);
+        expand.weight = Param::from_tensor(Tensor::cat(vec![eye.clone(), eye], 0).reshape([2 * c, c, 1, 1]));
+        expand.bias = expand.bias.map(|bias| Param::from_tensor(bias.val().zeros_like()));
+        Upsample { expand: Some(expand), ..self }
     }
 
     /// FLOPs for one video of `input`, and the output's extent.
     pub fn flops(&self, input: Extent) -> (f64, Extent) {
+        let expand = self.expand.as_ref().map_or(0.0, |e| conv_flops(e, input.positions()));
         let t = if self.temporal { 2 * input.t - 1 } else { input.t };
-        self.conv.flops(Extent { t, h: 2 * input.h, w: 2 * input.w })
+        let (conv, extent) = self.conv.flops(Extent { t, h: 2 * input.h, w: 2 * input.w });
+        (expand + conv, extent)
     }
 }
 

@@ -9,9 +9,10 @@
 //!   scene to every layer, not like a cut from black.
 //! - **Time down and up keeping the first frame alone.** Down: a causal temporal conv of stride 2
 //!   takes `1 + 2m` frames to `1 + m`, output `j` seeing frames `≤ 2j`; twice, on the two coarsest
-//!   steps. Up (decoder, mirrored): repeat every frame twice and drop the first copy
-//!   (`1 + m` → `1 + 2m`), then a causal conv. Latent frame 0 → video frame 0, latent frame
-//!   `j ≥ 1` → frames `4j − 3 ..= 4j`.
+//!   steps. Up (decoder, mirrored): every frame becomes two, by repeat or by depth to time
+//!   ([`VaeConfig::depth_to_time`]), and the first copy is dropped (`1 + m` → `1 + 2m`), then a
+//!   causal conv. Latent frame 0 → video frame 0, latent frame `j ≥ 1` → frames
+//!   `4j − 3 ..= 4j`.
 //! - **Factorised (2+1)-D convolutions** everywhere: a `3×3` conv2d on every frame (reshaped to
 //!   `[b·t, c, h, w]`), then a causal temporal conv of 3 frames, done as a 1×1 conv2d over the
 //!   3 frames each output sees stacked along channels. A full `3×3×3` kernel costs
@@ -109,6 +110,11 @@ pub struct VaeConfig {
     /// after 200 steps where one with norms reached 23.2.
     #[config(default = "None")]
     pub decoder_norm_groups: Option<usize>,
+    /// Whether the decoder up-samples time by depth to time (each of a latent frame's output
+    /// frames has channels of its own, as in MAGVIT-v2) rather than by repeating frames (see
+    /// [`UpsampleConfig`]). `None` (as in checkpoints from before): repeat.
+    #[config(default = "None")]
+    pub depth_to_time: Option<bool>,
 }
 
 impl VaeConfig {

@@ -104,6 +104,31 @@ fn vae_without_norms_streams_exactly() {
     stream_decoding_equals_one_decode(config);
 }
 
+/// Depth to time starts where the repeat is: a decoder grown to it decodes as before. Once its
+/// weights move, the output moves with them, and a decoder of it still streams exactly.
+#[test]
+fn depth_to_time_grows_from_the_repeat_and_streams_exactly() {
+    use burn::module::Param;
+    let device = Default::default();
+    let vae = test_config().init::<B>(&device);
+    let z = Tensor::<B, 5>::random([1, 4, 5, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+    let before = vae.decode(z.clone());
+    let mut grown = super::Vae { decoder: vae.decoder.clone().with_depth_to_time(&device), ..vae };
+    let expands = grown.decoder.levels.iter().filter(|l| l.up.as_ref().is_some_and(|u| u.expand.is_some())).count();
+    assert_eq!(expands, 2, "both temporal up-samplings, not the spatial-only one");
+    let d = max_diff(&before, &grown.decode(z.clone()), 0..17);
+    assert!(d <= 1e-5, "the grown decoder differs by {d} at the start");
+    for level in &mut grown.decoder.levels {
+        if let Some(expand) = level.up.as_mut().and_then(|u| u.expand.as_mut()) {
+            let noise = expand.weight.val().random_like(Distribution::Normal(0.0, 0.1));
+            expand.weight = Param::from_tensor(expand.weight.val() + noise);
+        }
+    }
+    let after = grown.decode(z);
+    assert!(max_diff(&before, &after, 0..17) > 1e-3, "the frames follow the new weights");
+    stream_decoding_equals_one_decode(test_config().with_depth_to_time(Some(true)));
+}
+
 fn stream_decoding_equals_one_decode(config: VaeConfig) {
     let vae = config.init::<B>(&Default::default());
     let z = Tensor::<B, 5>::random([2, 4, 9, 4, 4], Distribution::Normal(0.0, 1.0), &Default::default());

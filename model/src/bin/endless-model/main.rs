@@ -183,6 +183,10 @@ enum Command {
         /// (default: the preset's or --init-from's, 0 unless set).
         #[arg(long)]
         motion_weight: Option<f64>,
+        /// Up-sample time in the decoder by depth to time (MAGVIT-v2) instead of by repeating
+        /// frames. With --init-from alone, its decoder is grown to it from the output it gives.
+        #[arg(long)]
+        depth_to_time: bool,
         #[command(flatten)]
         run: generate::RunArgs,
         /// auto, cpu or cuda.
@@ -281,6 +285,7 @@ fn run(cli: Cli) -> Result<()> {
             no_decoder_norm,
             fresh_decoder,
             motion_weight,
+            depth_to_time,
             run,
             device,
         } => {
@@ -327,6 +332,7 @@ fn run(cli: Cli) -> Result<()> {
                 decoder_only,
                 fresh_decoder,
                 motion_weight,
+                depth_to_time,
                 checkpoint_every: run.checkpoint_every,
                 log_every: run.log_every,
                 time_limit: run.time_limit(),
