@@ -204,7 +204,8 @@ fn named(values: [f64; 4]) -> Vec<(String, f64)> {
     HEADS.iter().zip(values).map(|(&(n, _), v)| (n.to_string(), v)).collect()
 }
 
-fn mean(v: &[f64]) -> f64 {
+/// The mean, NaN for none.
+pub(crate) fn mean(v: &[f64]) -> f64 {
     if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
 

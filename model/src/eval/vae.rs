@@ -2,6 +2,7 @@
 //! (the posterior mean, decoded alone) against the rendered ones.
 
 use crate::data::{video_frames, video_tensor};
+use crate::eval::generation::{boundary_jump, mean};
 use crate::eval::motion::{camera_of, camera_velocity};
 use crate::media::{Size, contact_sheet};
 use crate::vae::Vae;
@@ -32,6 +33,13 @@ pub struct VaeReport {
     pub camera_agreement: f64,
     /// Mean |velocity of the reconstruction − velocity of the clip| (screen heights per second).
     pub camera_speed_error: f64,
+    /// The reconstructions' mean frame difference where one latent frame's frames end and the
+    /// next's begin ÷ within a latent frame's, mean over clips (1: no seam; the clips' own
+    /// ratio is [`VaeReport::latent_jump_real`]). A decoder that moves the picture at latent
+    /// boundaries and holds it between them scores above the clips.
+    pub latent_jump: f64,
+    /// The same ratio of the clips themselves.
+    pub latent_jump_real: f64,
 }
 
 /// PSNR in dB of an RGB8 mean squared error.
@@ -61,6 +69,9 @@ pub fn evaluate_vae<B: Backend>(
     let mut clip_weather = Vec::with_capacity(clips);
     let mut frame_mse = vec![0.0; t];
     let (mut camera_agree, mut camera_error) = (0usize, 0.0);
+    // Latent frame j ≥ 1 decodes to frames 4j − 3 ..= 4j: a new one begins at frames 1, 5, 9, …
+    let latent_starts: Vec<usize> = (1..t).step_by(vae.temporal_factor).collect();
+    let (mut jumps, mut jumps_real) = (Vec::new(), Vec::new());
     let mut sheet = None;
     let mut done = 0;
     while done < clips {
@@ -79,6 +90,8 @@ pub fn evaluate_vae<B: Backend>(
             let (va, vb) = (camera_velocity(a, w, h, options.fps), camera_velocity(b, w, h, options.fps));
             camera_agree += (camera_of(va) == camera_of(vb)) as usize;
             camera_error += (va - vb).abs() / clips as f64;
+            jumps.extend(boundary_jump(b, &latent_starts));
+            jumps_real.extend(boundary_jump(a, &latent_starts));
         }
         if sheet.is_none() {
             let frames: Vec<Vec<u8>> = real[0].iter().chain(&recon[0]).cloned().collect();
@@ -105,6 +118,8 @@ pub fn evaluate_vae<B: Backend>(
             .collect(),
         camera_agreement: camera_agree as f64 / clips as f64,
         camera_speed_error: camera_error,
+        latent_jump: mean(&jumps),
+        latent_jump_real: mean(&jumps_real),
     };
     (report, sheet.expect("at least one clip"))
 }
@@ -139,6 +154,9 @@ mod tests {
         assert!((weighted - report.psnr_mean).abs() < 1e-9);
         // Untrained, it is far from the 32 dB target.
         assert!(report.psnr_mean < 25.0, "{report:?}");
+        // Clips of 5 frames: one latent boundary (frame 1) against three steps within. Untrained,
+        // every residual branch starts at zero and the decoder gives still frames: no ratio.
+        assert!(report.latent_jump_real.is_finite() && report.latent_jump.is_nan(), "{report:?}");
         assert_eq!(sheet.len(), size.rgb_bytes());
         assert_eq!(size, Size::new(5 * 34 + 2, 2 * 34 + 2));
     }

@@ -79,6 +79,10 @@ fn eval_vae_on<B: Backend>(device: &B::Device, args: &EvalVaeArgs) -> Result<()>
         100.0 * report.camera_agreement,
         report.camera_speed_error
     );
+    println!(
+        "seams at latent-frame boundaries: the reconstructions jump {:.2}× (the clips {:.2}×)",
+        report.latent_jump, report.latent_jump_real
+    );
     if let Some(p) = &args.json {
         std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
     }
