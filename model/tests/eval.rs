@@ -9,6 +9,7 @@ use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings};
 use endless_model::rolling::ContextLayout;
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::micro_pipeline;
+use endless_model::world::Split;
 use std::path::PathBuf;
 
 fn dir(name: &str) -> PathBuf {
@@ -68,6 +69,8 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
             switch_after: 2.0,
             batch: 2,
             seed: 1,
+            split: Split::HeldOut,
+            phrasing: Split::HeldOut,
         };
         let r = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &o, &device);
         assert_eq!((r.cases.len(), r.drift.len(), r.switches.len()), (2, 1, 2));

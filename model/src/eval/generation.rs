@@ -33,16 +33,42 @@ pub struct Case {
 
 /// `n` cases cycling through the held-out combinations and the three cameras.
 pub fn held_out_cases(n: usize, seed: u64) -> Vec<Case> {
+    cases_of(Split::HeldOut, Split::HeldOut, n, seed)
+}
+
+/// `n` test prompts: combinations of attributes of `split`, each in a phrasing of `phrasing`'s
+/// split.
+/// - [`Split::HeldOut`]: cycling through the held-out combinations and the three cameras.
+/// - [`Split::Train`]: combinations that training draws, spread over all of them (a stride
+///   coprime to their number).
+///
+/// Set against the held-out cases, the training ones tell a gap in generalisation (to unseen
+/// combinations, or to unseen words) from one in fitting.
+pub fn cases_of(split: Split, phrasing: Split, n: usize, seed: u64) -> Vec<Case> {
+    let combinations: Vec<(TimeOfDay, Weather, Scenery)> = match split {
+        Split::HeldOut => HELD_OUT_COMBINATIONS.to_vec(),
+        Split::Train => {
+            let all = TimeOfDay::ALL
+                .iter()
+                .flat_map(|&t| Weather::ALL.iter().flat_map(move |&w| Scenery::ALL.iter().map(move |&s| (t, w, s))));
+            let train: Vec<_> = all.filter(|c| !HELD_OUT_COMBINATIONS.contains(c)).collect();
+            (0..train.len()).map(|i| train[i * TRAIN_STRIDE % train.len()]).collect()
+        }
+    };
     (0..n)
         .map(|i| {
-            let (time, weather, scenery) = HELD_OUT_COMBINATIONS[i % HELD_OUT_COMBINATIONS.len()];
-            let camera = Camera::ALL[(i + i / HELD_OUT_COMBINATIONS.len()) % Camera::COUNT];
+            let (time, weather, scenery) = combinations[i % combinations.len()];
+            let camera = Camera::ALL[(i + i / combinations.len()) % Camera::COUNT];
             let attributes = Attributes { time, weather, scenery, camera };
-            let phrasing = Phrasing::sample(Split::HeldOut, noise_hash(seed, i as i64, 1));
-            Case { prompt: phrasing.caption(&attributes), attributes, seed: noise_hash(seed, i as i64, 2) }
+            let words = Phrasing::sample(phrasing, noise_hash(seed, i as i64, 1));
+            Case { prompt: words.caption(&attributes), attributes, seed: noise_hash(seed, i as i64, 2) }
         })
         .collect()
 }
+
+/// Coprime to the 108 training combinations: the first 108 training cases are each of them
+/// once, and consecutive ones lie far apart in their time-major order.
+const TRAIN_STRIDE: usize = 37;
 
 /// One stream being generated.
 struct Stream<B: Backend> {
@@ -227,6 +253,11 @@ pub struct GenerationEvalOptions {
     /// Streams per batch.
     pub batch: usize,
     pub seed: u64,
+    /// Whose prompts: held-out combinations of attributes (the measure), or those training
+    /// draws (how well the model fits what it saw)…
+    pub split: Split,
+    /// …in the words of this split.
+    pub phrasing: Split,
 }
 
 /// Metrics over a set of clips, generated or real.
@@ -266,6 +297,9 @@ pub struct SwitchCase {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationReport {
+    /// The splits the cases' combinations and words come from.
+    pub split: Split,
+    pub phrasing: Split,
     pub cases: Vec<Case>,
     pub clip_seconds: f64,
     pub generated: ClipMetrics,
@@ -352,7 +386,7 @@ pub fn evaluate_generation<B: Backend>(
     let size = (w, h, fps);
     let started = Instant::now();
     let mut generated_frames = 0usize;
-    let cases = held_out_cases(o.cases, o.seed);
+    let cases = cases_of(o.split, o.phrasing, o.cases, o.seed);
     let frames = (o.clip_seconds * fps).round().max(evaluator.warmup_frames as f64 + 2.0) as usize;
 
     // Clips: every case, `batch` streams at a time.
@@ -432,7 +466,7 @@ pub fn evaluate_generation<B: Backend>(
     };
 
     // Prompt switches: one attribute changes mid-stream.
-    let switch_cases: Vec<(Case, Case, usize)> = held_out_cases(o.switch_cases, o.seed ^ 0x5157)
+    let switch_cases: Vec<(Case, Case, usize)> = cases_of(o.split, o.phrasing, o.switch_cases, o.seed ^ 0x5157)
         .into_iter()
         .enumerate()
         .map(|(i, from)| {
@@ -444,7 +478,7 @@ pub fn evaluate_generation<B: Backend>(
                 1 => to.weather = Weather::from_index((to.weather.index() + 1) % Weather::COUNT),
                 _ => to.scenery = Scenery::from_index((to.scenery.index() + 3) % Scenery::COUNT),
             }
-            let prompt = Phrasing::sample(Split::HeldOut, from.seed).caption(&to);
+            let prompt = Phrasing::sample(o.phrasing, from.seed).caption(&to);
             (from.clone(), Case { prompt, attributes: to, seed: from.seed }, k)
         })
         .collect();
@@ -491,6 +525,8 @@ pub fn evaluate_generation<B: Backend>(
     }
     let answered: Vec<f64> = switches.iter().filter_map(|s| s.seconds).collect();
     GenerationReport {
+        split: o.split,
+        phrasing: o.phrasing,
         cases,
         clip_seconds: o.clip_seconds,
         generated: gen_metrics,
@@ -520,6 +556,17 @@ mod tests {
             assert!(cases.iter().any(|c| c.attributes.camera == *camera));
         }
         assert_eq!(held_out_cases(24, 1)[5].prompt, cases[5].prompt);
+    }
+
+    /// Training cases are what training draws, the first 108 of them every training
+    /// combination once.
+    #[test]
+    fn training_cases_cover_every_training_combination() {
+        let cases = cases_of(Split::Train, Split::Train, 108, 1);
+        assert!(cases.iter().all(|c| split_of(&c.attributes) == Split::Train));
+        let combinations: std::collections::HashSet<_> =
+            cases.iter().map(|c| (c.attributes.time, c.attributes.weather, c.attributes.scenery)).collect();
+        assert_eq!(combinations.len(), 108);
     }
 
     #[test]

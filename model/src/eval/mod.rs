@@ -9,6 +9,6 @@ pub mod vae;
 
 pub use classifier::{Evaluator, EvaluatorConfig, Reading};
 pub use frechet::frechet_distance;
-pub use generation::{GenerationEvalOptions, GenerationReport, Streams, evaluate_generation, held_out_cases};
+pub use generation::{GenerationEvalOptions, GenerationReport, Streams, cases_of, evaluate_generation, held_out_cases};
 pub use motion::{camera_velocity, horizontal_shift};
 pub use vae::{VaeReport, evaluate_vae, mse_u8, psnr};

@@ -7,7 +7,7 @@ use endless_model::device::{DeviceKind, Resolved, resolve};
 use endless_model::eval::evaluate_vae;
 use endless_model::media::{Size, write_png};
 use endless_model::vae::{Vae, VaeConfig};
-use endless_model::world::ClipOptions;
+use endless_model::world::{ClipOptions, Split};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -219,7 +219,6 @@ pub fn eval_evaluator(args: EvalEvaluatorArgs) -> Result<()> {
 
 fn eval_evaluator_on<B: Backend>(device: &B::Device, args: &EvalEvaluatorArgs) -> Result<()> {
     use endless_model::train::{accuracy, load_evaluator};
-    use endless_model::world::Split;
     let evaluator = load_evaluator::<B>(&args.evaluator, device)?;
     let options = ClipOptions {
         width: args.clip.size.width,
@@ -250,6 +249,13 @@ pub struct EvalArgs {
     /// Length of each clip.
     #[arg(long, default_value_t = 4.0)]
     clip_seconds: f64,
+    /// Whose combinations of attributes: "held-out" (the measure) or "train" (what training
+    /// draws: how well the model fits what it saw).
+    #[arg(long, default_value = "held-out", value_parser = parse_split)]
+    split: Split,
+    /// The words of the prompts: "held-out" or "train" (default: --split's).
+    #[arg(long, value_parser = parse_split)]
+    phrasing: Option<Split>,
     /// Length of the one continuous stream measured minute by minute (0: none).
     #[arg(long, default_value_t = 1.0)]
     drift_minutes: f64,
@@ -333,6 +339,8 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
             switch_after: 6.0,
             batch: args.batch,
             seed: args.seed,
+            split: args.split,
+            phrasing: args.phrasing.unwrap_or(args.split),
         };
         eprintln!("measuring mode {name}…");
         let report = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &options, device);
@@ -396,4 +404,12 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
     std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+fn parse_split(s: &str) -> Result<Split, String> {
+    match s {
+        "held-out" => Ok(Split::HeldOut),
+        "train" => Ok(Split::Train),
+        _ => Err(format!("{s:?} is not a split: held-out or train")),
+    }
 }
