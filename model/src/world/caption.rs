@@ -26,36 +26,101 @@ const H: Split = Split::HeldOut;
 
 /// Time of day as a noun: "a snowy {night}", "{night} over the hills".
 const TIME_NOUN: [&[P]; TimeOfDay::COUNT] = [
-    &[("dawn", T), ("sunrise", T), ("early morning", T), ("daybreak", H)],
-    &[("day", T), ("midday", T), ("afternoon", T), ("noon", H)],
-    &[("sunset", T), ("evening", T), ("dusk", T), ("sundown", H)],
-    &[("night", T), ("nighttime", T), ("starry night", T), ("midnight", H)],
+    &[("dawn", T), ("sunrise", T), ("early morning", T), ("first light", T), ("sunup", T), ("daybreak", H)],
+    &[("day", T), ("midday", T), ("afternoon", T), ("daytime", T), ("the middle of the day", T), ("noon", H)],
+    &[("sunset", T), ("evening", T), ("dusk", T), ("twilight", T), ("golden hour", T), ("sundown", H)],
+    &[
+        ("night", T),
+        ("nighttime", T),
+        ("starry night", T),
+        ("moonlit night", T),
+        ("the dead of night", T),
+        ("midnight", H),
+    ],
 ];
 
 /// Time of day as an adverbial: "mountains {at night}".
 const TIME_AT: [&[P]; TimeOfDay::COUNT] = [
-    &[("at dawn", T), ("at sunrise", T), ("in the early morning", T), ("at daybreak", H)],
-    &[("during the day", T), ("in the afternoon", T), ("at midday", T), ("in broad daylight", H)],
-    &[("at sunset", T), ("in the evening", T), ("at dusk", T), ("at sundown", H)],
-    &[("at night", T), ("under the stars", T), ("late at night", T), ("at midnight", H)],
+    &[
+        ("at dawn", T),
+        ("at sunrise", T),
+        ("in the early morning", T),
+        ("at first light", T),
+        ("at sunup", T),
+        ("at daybreak", H),
+    ],
+    &[
+        ("during the day", T),
+        ("in the afternoon", T),
+        ("at midday", T),
+        ("in the daytime", T),
+        ("in the middle of the day", T),
+        ("in broad daylight", H),
+    ],
+    &[
+        ("at sunset", T),
+        ("in the evening", T),
+        ("at dusk", T),
+        ("at twilight", T),
+        ("in the golden hour", T),
+        ("at sundown", H),
+    ],
+    &[
+        ("at night", T),
+        ("under the stars", T),
+        ("late at night", T),
+        ("by moonlight", T),
+        ("in the dead of night", T),
+        ("at midnight", H),
+    ],
 ];
 
 /// Weather as an adjective: "a {snowy} night".
 const WEATHER_ADJ: [&[P]; Weather::COUNT] = [
-    &[("clear", T), ("sunny", T), ("cloudless", H)],
-    &[("cloudy", T), ("grey", T), ("overcast", H)],
-    &[("rainy", T), ("stormy", T), ("drizzly", H)],
-    &[("snowy", T), ("wintry", T), ("blizzard", H)],
-    &[("foggy", T), ("hazy", T), ("misty", H)],
+    &[("clear", T), ("sunny", T), ("sunlit", T), ("bright", T), ("cloudless", H)],
+    &[("cloudy", T), ("grey", T), ("clouded", T), ("gloomy", T), ("overcast", H)],
+    &[("rainy", T), ("stormy", T), ("wet", T), ("showery", T), ("drizzly", H)],
+    &[("snowy", T), ("wintry", T), ("snowbound", T), ("snow-covered", T), ("blizzard", H)],
+    &[("foggy", T), ("hazy", T), ("murky", T), ("fog-bound", T), ("misty", H)],
 ];
 
 /// Weather as a clause: "mountains at night {while it snows}".
 const WEATHER_CLAUSE: [&[P]; Weather::COUNT] = [
-    &[("under a clear sky", T), ("with clear skies", T), ("beneath a cloudless sky", H)],
-    &[("under heavy clouds", T), ("with clouds rolling by", T), ("beneath an overcast sky", H)],
-    &[("while it rains", T), ("in the pouring rain", T), ("during a downpour", H)],
-    &[("while it snows", T), ("with falling snow", T), ("in a gentle snowfall", H)],
-    &[("in thick fog", T), ("with fog rolling in", T), ("shrouded in mist", H)],
+    &[
+        ("under a clear sky", T),
+        ("with clear skies", T),
+        ("under a blue sky", T),
+        ("in bright sunshine", T),
+        ("beneath a cloudless sky", H),
+    ],
+    &[
+        ("under heavy clouds", T),
+        ("with clouds rolling by", T),
+        ("under a grey sky", T),
+        ("as clouds gather", T),
+        ("beneath an overcast sky", H),
+    ],
+    &[
+        ("while it rains", T),
+        ("in the pouring rain", T),
+        ("in a rain shower", T),
+        ("as the rain falls", T),
+        ("during a downpour", H),
+    ],
+    &[
+        ("while it snows", T),
+        ("with falling snow", T),
+        ("as snow falls", T),
+        ("in drifting snow", T),
+        ("in a gentle snowfall", H),
+    ],
+    &[
+        ("in thick fog", T),
+        ("with fog rolling in", T),
+        ("in a thick mist", T),
+        ("as the haze settles", T),
+        ("shrouded in mist", H),
+    ],
 ];
 
 /// Scenery as a noun phrase: "over the {mountains}".
@@ -262,6 +327,10 @@ const LEXICON: Lexicon = Lexicon {
     weather: &[
         ("clear", Weather::Clear),
         ("sunny", Weather::Clear),
+        ("sunlit", Weather::Clear),
+        ("bright", Weather::Clear),
+        ("sunshine", Weather::Clear),
+        ("blue sky", Weather::Clear),
         ("cloudless", Weather::Clear),
         ("cloudy", Weather::Cloudy),
         ("clouds", Weather::Cloudy),
@@ -269,6 +338,7 @@ const LEXICON: Lexicon = Lexicon {
         ("grey", Weather::Cloudy),
         ("gray", Weather::Cloudy),
         ("clouded", Weather::Cloudy),
+        ("gloomy", Weather::Cloudy),
         ("rain", Weather::Rain),
         ("rainy", Weather::Rain),
         ("raining", Weather::Rain),
@@ -281,6 +351,8 @@ const LEXICON: Lexicon = Lexicon {
         ("stormy", Weather::Rain),
         ("showers", Weather::Rain),
         ("pouring", Weather::Rain),
+        ("wet", Weather::Rain),
+        ("showery", Weather::Rain),
         ("snow", Weather::Snow),
         ("snowy", Weather::Snow),
         ("snowing", Weather::Snow),
@@ -290,12 +362,14 @@ const LEXICON: Lexicon = Lexicon {
         ("blizzard", Weather::Snow),
         ("wintry", Weather::Snow),
         ("flurries", Weather::Snow),
+        ("snowbound", Weather::Snow),
         ("fog", Weather::Fog),
         ("foggy", Weather::Fog),
         ("mist", Weather::Fog),
         ("misty", Weather::Fog),
         ("haze", Weather::Fog),
         ("hazy", Weather::Fog),
+        ("murky", Weather::Fog),
     ],
     scenery: &[
         ("hills", Scenery::Hills),
