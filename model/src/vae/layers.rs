@@ -377,7 +377,7 @@ impl UpsampleConfig {
             expand: None,
             temporal: self.temporal,
         };
-        if self.temporal && self.depth_to_time { up.with_depth_to_time(device) } else { up }
+        if self.depth_to_time { up.with_depth_to_time(device) } else { up }
     }
 }
 
