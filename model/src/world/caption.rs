@@ -178,6 +178,43 @@ impl Slot {
     }
 }
 
+/// One phrase a caption can use for an attribute value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotPhrase {
+    /// The attribute it names: "time", "weather", "scenery" or "camera".
+    pub attribute: &'static str,
+    /// The value it names, as that attribute's `label()`.
+    pub value: &'static str,
+    pub phrase: &'static str,
+    pub split: Split,
+}
+
+/// Every phrase of every slot, training and held-out, in table order.
+pub fn slot_phrases() -> Vec<SlotPhrase> {
+    fn table<V: Copy>(
+        attribute: &'static str,
+        rows: &[&'static [P]],
+        values: &[V],
+        label: fn(V) -> &'static str,
+    ) -> Vec<SlotPhrase> {
+        rows.iter()
+            .zip(values)
+            .flat_map(|(row, &v)| {
+                row.iter().map(move |&(phrase, split)| SlotPhrase { attribute, value: label(v), phrase, split })
+            })
+            .collect()
+    }
+    [
+        table("time", &TIME_NOUN, TimeOfDay::ALL, TimeOfDay::label),
+        table("time", &TIME_AT, TimeOfDay::ALL, TimeOfDay::label),
+        table("weather", &WEATHER_ADJ, Weather::ALL, Weather::label),
+        table("weather", &WEATHER_CLAUSE, Weather::ALL, Weather::label),
+        table("scenery", &SCENERY_NOUN, Scenery::ALL, Scenery::label),
+        table("camera", &CAMERA, Camera::ALL, Camera::label),
+    ]
+    .concat()
+}
+
 /// Sentence templates. Each names every attribute exactly once.
 const TEMPLATES: &[P] = &[
     ("a {weather} {time} over {scenery}, {camera}", T),
@@ -509,6 +546,37 @@ mod tests {
             assert!(t.contains("{time}") ^ t.contains("{at_time}"), "{t}: one time slot");
             assert!(t.contains("{weather}") ^ t.contains("{weather_clause}"), "{t}: one weather slot");
         }
+    }
+
+    #[test]
+    fn slot_phrases_are_the_phrases_captions_use() {
+        let phrases = slot_phrases();
+        for a in all_attributes() {
+            for slot in SLOTS {
+                for &(phrase, split) in slot.phrases(&a) {
+                    let listed = phrases.iter().filter(|p| p.phrase == phrase && p.split == split).count();
+                    assert!(listed >= 1, "{phrase:?} is not listed");
+                }
+            }
+        }
+        let count = |attribute: &str, value: &str, split: Split| {
+            phrases.iter().filter(|p| p.attribute == attribute && p.value == value && p.split == split).count()
+        };
+        // Nouns and adverbials: five training phrases and one held-out each.
+        assert_eq!(count("time", "sunset", Split::Train), 10);
+        assert_eq!(count("time", "sunset", Split::HeldOut), 2);
+        assert_eq!(count("weather", "fog", Split::HeldOut), 2);
+        assert_eq!(count("camera", "still", Split::Train), 3);
+        let total: usize = [TIME_NOUN, TIME_AT]
+            .iter()
+            .flatten()
+            .chain(WEATHER_ADJ.iter())
+            .chain(WEATHER_CLAUSE.iter())
+            .map(|r| r.len())
+            .sum::<usize>()
+            + SCENERY_NOUN.iter().map(|r| r.len()).sum::<usize>()
+            + CAMERA.iter().map(|r| r.len()).sum::<usize>();
+        assert_eq!(phrases.len(), total);
     }
 
     #[test]

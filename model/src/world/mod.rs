@@ -12,7 +12,9 @@ mod render;
 mod timeline;
 
 pub use attributes::{Attributes, Blend, Camera, PAN_SPEED, PartialAttributes, Scenery, TimeOfDay, Weather};
-pub use caption::{HELD_OUT_COMBINATIONS, Phrasing, Split, is_held_out_combination, parse, split_of};
+pub use caption::{
+    HELD_OUT_COMBINATIONS, Phrasing, SlotPhrase, Split, is_held_out_combination, parse, slot_phrases, split_of,
+};
 pub use clip::{Clip, ClipOptions, ClipSampler};
 pub use noise::hash as noise_hash;
 pub use render::World;

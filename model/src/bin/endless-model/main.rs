@@ -73,6 +73,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// How far the text encoder itself carries the held-out words: for every held-out phrase,
+    /// the training phrase nearest to it (cosine of all-MiniLM-L6-v2 embeddings) and whether
+    /// that names the same attribute value; prints a table.
+    TextCeiling {
+        /// Model directory (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Trains the denoiser on latents of a trained VAE (`--vae`); --out becomes a pipeline
     /// folder for `sample` and the service.
     Train(Box<generate::TrainArgs>),
@@ -253,6 +261,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Presets { sizes, frames } => presets(&sizes, frames),
         Command::Embed { prompt, dir } => text_embed(&prompt, dir),
         Command::TextBench { dir, rounds } => text_bench(dir, rounds),
+        Command::TextCeiling { dir } => text_ceiling(dir),
         Command::Train(args) => generate::train(*args),
         Command::Distill(args) => generate::distill(*args),
         Command::Sample(args) => generate::sample(*args),
@@ -486,6 +495,45 @@ fn text_embed(prompts: &[String], dir: Option<PathBuf>) -> Result<()> {
         for j in i + 1..embeddings.len() {
             println!("cos({i}, {j}) = {:.4}", embeddings[i].similarity(&embeddings[j]));
         }
+    }
+    Ok(())
+}
+
+fn text_ceiling(dir: Option<PathBuf>) -> Result<()> {
+    use endless_model::text::{TextEncoder, default_dir};
+    use endless_model::world::slot_phrases;
+    let dir = dir.unwrap_or_else(default_dir);
+    let encoder = TextEncoder::<burn::backend::Flex>::load(&dir, &Default::default())?;
+    let phrases = slot_phrases();
+    let embeddings: Vec<_> = phrases.iter().map(|p| encoder.embed(p.phrase)).collect();
+    println!("| attribute | held-out phrase | means | nearest training phrase | it means | cosine | margin |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut tally: Vec<(&str, usize, usize)> = Vec::new();
+    for (held, e) in phrases.iter().zip(&embeddings).filter(|(p, _)| p.split == Split::HeldOut) {
+        let training =
+            phrases.iter().zip(&embeddings).filter(|(p, _)| p.split == Split::Train && p.attribute == held.attribute);
+        let scored: Vec<(f32, &str, &str)> = training.map(|(p, t)| (e.similarity(t), p.phrase, p.value)).collect();
+        let (cos, nearest, means) =
+            scored.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0)).context("no training phrase")?;
+        // How far the nearest phrase of the right value is behind (0 when it is the nearest).
+        let right = scored.iter().filter(|s| s.2 == held.value).map(|s| s.0).fold(f32::MIN, f32::max);
+        println!(
+            "| {} | {} | {} | {nearest} | {means} | {cos:.3} | {:+.3} |",
+            held.attribute,
+            held.phrase,
+            held.value,
+            right - cos
+        );
+        match tally.iter_mut().find(|t| t.0 == held.attribute) {
+            Some(t) => (t.1, t.2) = (t.1 + usize::from(means == held.value), t.2 + 1),
+            None => tally.push((held.attribute, usize::from(means == held.value), 1)),
+        }
+    }
+    println!();
+    println!("| attribute | held-out phrases nearest to a training phrase of their own value |");
+    println!("|---|---|");
+    for (attribute, right, total) in tally {
+        println!("| {attribute} | {right} of {total} |");
     }
     Ok(())
 }
