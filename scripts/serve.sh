@@ -8,7 +8,12 @@ extra_packages=()
 source scripts/setup.sh
 
 cargo build --release -p endless-streamer
-# The model source (--source model) reads prompts with all-MiniLM-L6-v2; the world does not
-# need it, so serving goes on without it.
-bash scripts/fetch-minilm.sh || echo "warning: no all-MiniLM-L6-v2; only the world source (the default) will work" >&2
-exec "$CARGO_TARGET_DIR/release/endless" --config config.toml "$@" serve
+# The model (the default source) reads prompts with all-MiniLM-L6-v2. Without it (no network
+# on first run) the service can still serve the procedural world, and says so; flags given
+# here come after, so an explicit --source still decides.
+fallback=()
+if ! bash scripts/fetch-minilm.sh; then
+  echo "warning: no all-MiniLM-L6-v2, so no model: serving the procedural world (--source world) instead" >&2
+  fallback=(--source world)
+fi
+exec "$CARGO_TARGET_DIR/release/endless" --config config.toml "${fallback[@]}" "$@" serve

@@ -86,7 +86,7 @@ pub struct Sessions {
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
-            source: Source::World,
+            source: Source::Model,
             max_sessions: Bounded(16),
             size: Size::new(256, 256),
             fps: Bounded(12),

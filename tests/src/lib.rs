@@ -114,20 +114,33 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts the server with `extra` flags after the defaults: the procedural world (whatever
+    /// Starts the server with `extra` flags after these: the procedural world (whatever
     /// config.toml's default source is), 128x128 at 12 fps. `--set sessions.source=model`
     /// in `extra` overrides the source.
     pub fn start(extra: &[&str]) -> TestServer {
+        let defaults = ["--source", "world", "--size", "128x128", "--fps", "12"];
+        TestServer::start_with(&[&defaults[..], extra].concat())
+    }
+
+    /// Starts the server as `scripts/serve.sh` does — the shipped config.toml, the shipped
+    /// `models/` — on a free port with its own recordings folder, `extra` flags after.
+    pub fn shipped(extra: &[&str]) -> TestServer {
+        let config = repo_path("config.toml").display().to_string();
+        let models = format!("model.dir={}", repo_path("models").display());
+        TestServer::start_with(&[&["--config", config.as_str(), "--set", models.as_str()][..], extra].concat())
+    }
+
+    fn start_with(args: &[&str]) -> TestServer {
         use std::io::BufRead;
         let recordings = tempfile::tempdir().expect("a temp dir");
         let web = repo_path("web");
         let mut child = std::process::Command::new(binary("endless"))
-            .args(["--listen", "127.0.0.1:0", "--source", "world", "--size", "128x128", "--fps", "12"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .arg("--recordings-dir")
             .arg(recordings.path())
             .arg("--set")
             .arg(format!("server.web_dir={}", web.display()))
-            .args(extra)
             .arg("serve")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())

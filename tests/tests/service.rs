@@ -329,6 +329,45 @@ async fn the_model_source_streams_its_pipeline() {
     c.media(8, &mut texts).await;
 }
 
+/// What `scripts/serve.sh` serves: the shipped config.toml streams from the model, its cpu
+/// tier in `models/` at the tier's size and rate, and a steer from day to night darkens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_configuration_streams_the_shipped_model() {
+    if endless_model::text::dir_for_tests().is_none() {
+        return;
+    }
+    let server = TestServer::shipped(&["--set", "model.device=cpu"]);
+    let source: Value = serde_json::from_slice(&http_get(server.addr, "/api/source").1).unwrap();
+    assert_eq!(source, json!({"source": "model", "size": "128x128", "fps": 8.0, "fixed": true}));
+
+    let mut c = Client::connect(&server).await;
+    c.create_and_watch("rolling hills on a clear day, static camera").await;
+    let mut texts = Vec::new();
+    let media = c.media(24, &mut texts).await;
+    for w in media.windows(2) {
+        assert_eq!(w[1].1 - w[0].1, 125_000, "PTS steps of 1/8 s");
+    }
+    let aus: Vec<Vec<u8>> = media.iter().map(|m| m.2.clone()).collect();
+    let decoded = decode_h264(&aus, 8);
+    assert_eq!(decoded.len(), aus.len(), "every access unit decodes to a frame");
+    let stats = match texts.iter().find(|t| t["type"] == "stats") {
+        Some(s) => s.clone(),
+        None => c.expect("stats").await,
+    };
+    assert_eq!(stats["source"]["device"], "cpu", "{stats}");
+
+    let day = brightness(&decoded[decoded.len() - 8..]);
+    c.send(json!({"type": "steer", "prompt": "a clear night over rolling hills, static camera", "transition_secs": 0}))
+        .await;
+    c.expect("prompt").await;
+    let after = c.media(32, &mut texts).await;
+    let all: Vec<Vec<u8>> = media.iter().chain(&after).map(|m| m.2.clone()).collect();
+    let decoded = decode_h264(&all, 8);
+    let night = brightness(&decoded[decoded.len() - 8..]);
+    eprintln!("shipped model: brightness {day:.1} by day, {night:.1} at night");
+    assert!(night < day * 0.6, "brightness {day:.0} → {night:.0} after the steer to night");
+}
+
 /// `endless replay` regenerates a recording with a steer in it from its timeline, bit for bit
 /// (checked against the digest of the recorded raw frames), and says so when it cannot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
