@@ -60,3 +60,40 @@ fn the_page_starts_a_stream_and_steers_it() {
     std::fs::write(&path, png).unwrap();
     eprintln!("screenshot: {}", path.display());
 }
+
+/// The page as `scripts/serve.sh` serves it: the shipped model is the source, the page offers
+/// only its size and rate, plays what it generates and shows a steer to night.
+#[test]
+fn the_page_plays_the_shipped_model() {
+    if endless_model::text::dir_for_tests().is_none() {
+        return;
+    }
+    let server = TestServer::shipped(&["--set", "model.device=cpu"]);
+    let browser = Browser::start();
+    browser.cmd("POST", "/url", Some(json!({"url": format!("http://{}/", server.addr)})));
+    browser.wait_for(
+        "the model's one size and rate",
+        "return !!window.endlessStats && window.endlessStats.source === 'model' \
+         && document.querySelector('#size').value === '128x128' && document.querySelector('#size').disabled \
+         && document.querySelector('#fps').value === '8'",
+        Duration::from_secs(30),
+    );
+    browser.type_into("#prompt", "rolling hills on a clear day, static camera");
+    browser.click("#start");
+    browser.wait_for(
+        "frames on the canvas",
+        "return !!(window.endlessStats && window.endlessStats.framesDrawn > 16)",
+        Duration::from_secs(60),
+    );
+    assert_eq!(browser.js("return window.endlessStats.codec"), "h264", "WebCodecs in use");
+    let day = browser.js(CANVAS)["mean"].as_f64().unwrap();
+    browser.type_into("#prompt", "a clear night over rolling hills, static camera");
+    browser.click("#steer");
+    browser.wait_for(
+        "the night to show",
+        &format!("return (() => {{ {CANVAS} }})().mean < {}", day * 0.6),
+        Duration::from_secs(30),
+    );
+    let stats = browser.js("return window.endlessStats");
+    assert_eq!(stats["switches"], 1, "{stats}");
+}
