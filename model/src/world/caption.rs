@@ -567,15 +567,8 @@ mod tests {
         assert_eq!(count("time", "sunset", Split::HeldOut), 2);
         assert_eq!(count("weather", "fog", Split::HeldOut), 2);
         assert_eq!(count("camera", "still", Split::Train), 3);
-        let total: usize = [TIME_NOUN, TIME_AT]
-            .iter()
-            .flatten()
-            .chain(WEATHER_ADJ.iter())
-            .chain(WEATHER_CLAUSE.iter())
-            .map(|r| r.len())
-            .sum::<usize>()
-            + SCENERY_NOUN.iter().map(|r| r.len()).sum::<usize>()
-            + CAMERA.iter().map(|r| r.len()).sum::<usize>();
+        let tables: [&[&[P]]; 6] = [&TIME_NOUN, &TIME_AT, &WEATHER_ADJ, &WEATHER_CLAUSE, &SCENERY_NOUN, &CAMERA];
+        let total: usize = tables.iter().flat_map(|rows| rows.iter()).map(|row| row.len()).sum();
         assert_eq!(phrases.len(), total);
     }
 
