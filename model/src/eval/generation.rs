@@ -273,6 +273,9 @@ pub struct ClipMetrics {
     pub camera_direction: f64,
     /// Mean |measured − prompted| camera speed, screen heights per second.
     pub camera_speed_error: f64,
+    /// Per clip, in order, the adherence of each attribute (time, weather, scenery: fractions
+    /// of frames; camera: 1 when the pan has the prompt's direction): which prompts fail.
+    pub per_clip: Vec<[f64; 4]>,
 }
 
 /// One minute of the drift stream.
@@ -355,6 +358,7 @@ fn clip_metrics<B: Backend>(
         boundary_jump: mean(&jumps),
         camera_direction: mean(&dirs),
         camera_speed_error: mean(&speed),
+        per_clip: adh.iter().zip(&dirs).map(|(a, &d)| [a[0], a[1], a[2], d]).collect(),
     };
     (metrics, features)
 }
