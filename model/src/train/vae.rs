@@ -67,7 +67,8 @@ pub struct TrainVaeOptions {
     /// Continue from `out/vae.safetensors` if it exists.
     pub resume: bool,
     /// A fresh run starts from this VAE checkpoint's weights (and config) instead of an
-    /// initialisation; a resumed run ignores it.
+    /// initialisation; a resumed run ignores it. Its decoder grows to `config`'s
+    /// `decoder_blocks` when they are given and differ ([`crate::vae::Decoder::with_blocks`]).
     pub init_from: Option<PathBuf>,
     /// Train the decoder alone; the encoder stays bit for bit as it started. A denoiser trained
     /// on the encoder's latents keeps working with the fine-tuned decoder.
@@ -244,6 +245,7 @@ impl<B: AutodiffBackend> Run<B> {
                             decoder_channels: o.config.decoder_channels.clone(),
                             decoder_norm_groups: o.config.decoder_norm_groups,
                             depth_to_time: o.depth_to_time.then_some(true).or(o.config.depth_to_time),
+                            decoder_blocks: o.config.decoder_blocks.clone(),
                             ..config
                         };
                         B::seed(device, noise_hash(o.seed, -1, 0));
@@ -251,11 +253,20 @@ impl<B: AutodiffBackend> Run<B> {
                         model.encoder = trained.encoder;
                         param_ids(&model);
                         (config, model)
-                    } else if o.depth_to_time && config.depth_to_time != Some(true) {
-                        let config = VaeConfig { depth_to_time: Some(true), ..config };
-                        let model = Vae { decoder: trained.decoder.with_depth_to_time(device), ..trained };
-                        (config, model)
                     } else {
+                        // Grown from the trained decoder's output: depth to time, more blocks.
+                        let mut trained = trained;
+                        let mut config = config;
+                        if o.depth_to_time && config.depth_to_time != Some(true) {
+                            config = VaeConfig { depth_to_time: Some(true), ..config };
+                            trained.decoder = trained.decoder.with_depth_to_time(device);
+                        }
+                        if let Some(blocks) = &o.config.decoder_blocks
+                            && *blocks != config.decoder_block_counts()
+                        {
+                            config = VaeConfig { decoder_blocks: Some(blocks.clone()), ..config };
+                            trained.decoder = trained.decoder.with_blocks(&config, device);
+                        }
                         (config, trained)
                     }
                 }
@@ -301,6 +312,15 @@ impl<B: AutodiffBackend> Run<B> {
         }
         if o.depth_to_time && config.depth_to_time != Some(true) {
             bail!("{} up-samples time by repeat; a resumed run keeps it (no --depth-to-time)", ckpt.display());
+        }
+        if let Some(blocks) = &o.config.decoder_blocks
+            && *blocks != config.decoder_block_counts()
+        {
+            bail!(
+                "{}'s decoder has {:?} blocks per level; a resumed run keeps them (not {blocks:?})",
+                ckpt.display(),
+                config.decoder_block_counts()
+            );
         }
         let model: Vae<B> = checkpoint::load(config.init(device), &ckpt, device)?;
         let optim = load_optim(adamw.init::<B, Vae<B>>(), &model, &o.out.join("optim.bin"), device)?;

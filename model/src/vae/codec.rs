@@ -84,10 +84,11 @@ impl VaeConfig {
         let c = self.decoder_widths();
         let last = c[c.len() - 1];
         let groups = self.decoder_groups();
+        let counts = self.decoder_block_counts();
         let levels = (0..c.len())
             .rev()
             .map(|i| DecoderLevel {
-                blocks: self.level_blocks(c[i], c[i], groups, device),
+                blocks: (0..counts[i]).map(|_| self.res_block(c[i], c[i], groups, device)).collect(),
                 up: (i > 0).then(|| {
                     UpsampleConfig {
                         channels: [c[i], c[i - 1]],
@@ -192,6 +193,25 @@ impl<B: Backend> Decoder<B> {
     pub fn with_depth_to_time(mut self, device: &B::Device) -> Self {
         for level in &mut self.levels {
             level.up = level.up.take().map(|up| up.with_depth_to_time(device));
+        }
+        self
+    }
+
+    /// This decoder with `config`'s block counts ([`VaeConfig::decoder_blocks`]), starting from
+    /// the output it gives now: each new block goes after a level's blocks with its residual
+    /// branch at zero ([`ResBlock::with_zero_branch`]), so it starts as the identity.
+    ///
+    /// # Panics
+    /// If `config` has fewer blocks on a level than this decoder, or another shape.
+    pub fn with_blocks(mut self, config: &VaeConfig, device: &B::Device) -> Self {
+        let (widths, counts) = (config.decoder_widths(), config.decoder_block_counts());
+        assert_eq!(counts.len(), self.levels.len(), "the block counts name every level");
+        // `levels` runs coarsest first; the config's lists run full resolution first.
+        for (level, (&c, &n)) in self.levels.iter_mut().zip(widths.iter().zip(&counts).rev()) {
+            assert!(n >= level.blocks.len(), "a decoder grows: {n} blocks < {}", level.blocks.len());
+            while level.blocks.len() < n {
+                level.blocks.push(config.res_block(c, c, config.decoder_groups(), device).with_zero_branch());
+            }
         }
         self
     }

@@ -286,22 +286,18 @@ impl ResBlockConfig {
         let [c_in, c_out] = self.channels;
         let conv = |c_in| CausalConvConfig::new([c_in, c_out]).with_temporal_kernel(self.temporal_kernel).init(device);
         let norm = |c| (self.norm_groups > 0).then(|| GroupNormConfig::new(self.norm_groups, c).init(device));
-        let mut conv2 = conv(c_out);
-        if self.norm_groups == 0 {
-            // Without norms nothing rescales the residual branches: each starts at zero, so the
-            // block starts as its skip path (Fixup, Zhang et al. 2019) and depth cannot blow the
-            // signal up or wash it out before training has begun.
-            let last = conv2.temporal.as_mut().unwrap_or(&mut conv2.spatial);
-            last.weight = Param::from_tensor(last.weight.val().zeros_like().detach());
-            last.bias = last.bias.take().map(|b| Param::from_tensor(b.val().zeros_like().detach()));
-        }
-        ResBlock {
+        let conv2 = conv(c_out); // before conv1, as ever: the seeded runs draw in this order
+        let block = ResBlock {
             norm1: norm(c_in),
             conv1: conv(c_in),
             norm2: norm(c_out),
             conv2,
             skip: (c_in != c_out).then(|| Conv2dConfig::new([c_in, c_out], [1, 1]).init(device)),
-        }
+        };
+        // Without norms nothing rescales the residual branches: each starts at zero, so the
+        // block starts as its skip path (Fixup, Zhang et al. 2019) and depth cannot blow the
+        // signal up or wash it out before training has begun.
+        if self.norm_groups == 0 { block.with_zero_branch() } else { block }
     }
 }
 
@@ -316,6 +312,16 @@ pub struct ResBlock<B: Backend> {
 }
 
 impl<B: Backend> ResBlock<B> {
+    /// This block with the last convolution of its residual branch at zero, weights and bias:
+    /// it gives its skip path (the identity, at equal widths) until training moves it, and
+    /// the gradient still reaches that convolution.
+    pub fn with_zero_branch(mut self) -> Self {
+        let last = self.conv2.temporal.as_mut().unwrap_or(&mut self.conv2.spatial);
+        last.weight = Param::from_tensor(last.weight.val().zeros_like().detach());
+        last.bias = last.bias.take().map(|b| Param::from_tensor(b.val().zeros_like().detach()));
+        self
+    }
+
     /// # Shapes
     /// - `x`: `[b, t, c_in, h, w]`
     /// - returns: `[b, t, c_out, h, w]`

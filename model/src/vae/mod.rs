@@ -115,6 +115,12 @@ pub struct VaeConfig {
     /// [`UpsampleConfig`]). `None` (as in checkpoints from before): repeat.
     #[config(default = "None")]
     pub depth_to_time: Option<bool>,
+    /// Residual blocks of each decoder level, full resolution first, when they differ from
+    /// `blocks_per_level`; as many levels. A trained decoder grows to more of them from the
+    /// output it gives ([`Decoder::with_blocks`]). `None` (as in checkpoints from before):
+    /// `blocks_per_level` everywhere.
+    #[config(default = "None")]
+    pub decoder_blocks: Option<Vec<usize>>,
 }
 
 impl VaeConfig {
@@ -143,6 +149,11 @@ impl VaeConfig {
     /// Widths of the decoder's levels, full resolution first.
     pub fn decoder_widths(&self) -> &[usize] {
         self.decoder_channels.as_deref().unwrap_or(&self.channels)
+    }
+
+    /// Residual blocks of each decoder level, full resolution first.
+    pub fn decoder_block_counts(&self) -> Vec<usize> {
+        self.decoder_blocks.clone().unwrap_or_else(|| vec![self.blocks_per_level; self.channels.len()])
     }
 
     /// Groups of the decoder's normalisations; 0: none.
@@ -174,6 +185,11 @@ impl VaeConfig {
             self.channels.len()
         );
         assert_eq!(self.decoder_widths().len(), self.channels.len(), "the decoder has as many levels as the encoder");
+        assert_eq!(
+            self.decoder_block_counts().len(),
+            self.channels.len(),
+            "the decoder's block counts name every level"
+        );
         for (widths, groups) in [(&self.channels[..], self.norm_groups), (self.decoder_widths(), self.decoder_groups())]
         {
             for &c in widths.iter().filter(|_| groups > 0) {

@@ -129,6 +129,30 @@ fn depth_to_time_grows_from_the_repeat_and_streams_exactly() {
     stream_decoding_equals_one_decode(test_config().with_depth_to_time(Some(true)));
 }
 
+/// More decoder blocks start where the decoder is: each new block is the identity until its
+/// weights move, also in a decoder with norms, and a decoder of them still streams exactly.
+#[test]
+fn more_decoder_blocks_grow_from_the_decoder_and_stream_exactly() {
+    use burn::module::Param;
+    let device = Default::default();
+    let vae = test_config().init::<B>(&device);
+    let z = Tensor::<B, 5>::random([1, 4, 5, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+    let before = vae.decode(z.clone());
+    let config = test_config().with_decoder_blocks(Some(vec![2, 3, 1, 1]));
+    let mut grown = super::Vae { decoder: vae.decoder.clone().with_blocks(&config, &device), ..vae };
+    // Coarsest level first: the two finest levels (full resolution first in the config) grew.
+    let counts: Vec<usize> = grown.decoder.levels.iter().map(|l| l.blocks.len()).collect();
+    assert_eq!(counts, [1, 1, 3, 2]);
+    let d = max_diff(&before, &grown.decode(z.clone()), 0..17);
+    assert!(d <= 1e-5, "the grown decoder differs by {d} at the start");
+    let finest = grown.decoder.levels.last_mut().and_then(|l| l.blocks.last_mut()).expect("a block");
+    let last = finest.conv2.temporal.as_mut().expect("a temporal conv");
+    last.weight = Param::from_tensor(last.weight.val().random_like(Distribution::Normal(0.0, 0.1)));
+    let after = grown.decode(z);
+    assert!(max_diff(&before, &after, 0..17) > 1e-3, "the frames follow the new block's weights");
+    stream_decoding_equals_one_decode(config);
+}
+
 fn stream_decoding_equals_one_decode(config: VaeConfig) {
     let vae = config.init::<B>(&Default::default());
     let z = Tensor::<B, 5>::random([2, 4, 9, 4, 4], Distribution::Normal(0.0, 1.0), &Default::default());

@@ -195,6 +195,10 @@ enum Command {
         /// frames. With --init-from alone, its decoder is grown to it from the output it gives.
         #[arg(long)]
         depth_to_time: bool,
+        /// Residual blocks of each decoder level, full resolution first (default: one each).
+        /// With --init-from, its decoder grows to them, each new block starting as the identity.
+        #[arg(long, value_delimiter = ',')]
+        decoder_blocks: Option<Vec<usize>>,
         #[command(flatten)]
         run: generate::RunArgs,
         /// auto, cpu or cuda.
@@ -295,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
             fresh_decoder,
             motion_weight,
             depth_to_time,
+            decoder_blocks,
             run,
             device,
         } => {
@@ -323,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
                 norm_groups: norm_groups.unwrap_or(config.norm_groups),
                 decoder_channels,
                 decoder_norm_groups: no_decoder_norm.then_some(0),
+                decoder_blocks,
                 ..config
             };
             let options = TrainVaeOptions {
