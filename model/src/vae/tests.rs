@@ -104,20 +104,28 @@ fn vae_without_norms_streams_exactly() {
     stream_decoding_equals_one_decode(config);
 }
 
+/// A test VAE with its decoder grown by `grow`, a latent, and the frames the decoder gave it
+/// before; asserts that the grown decoder gives the same frames.
+fn grow_decoder(
+    grow: impl FnOnce(super::Decoder<B>) -> super::Decoder<B>,
+) -> (super::Vae<B>, Tensor<B, 5>, Tensor<B, 5>) {
+    let vae = test_config().init::<B>(&Default::default());
+    let z = Tensor::<B, 5>::random([1, 4, 5, 4, 4], Distribution::Normal(0.0, 1.0), &Default::default());
+    let before = vae.decode(z.clone());
+    let grown = super::Vae { decoder: grow(vae.decoder.clone()), ..vae };
+    let d = max_diff(&before, &grown.decode(z.clone()), 0..17);
+    assert!(d <= 1e-5, "the grown decoder differs by {d} at the start");
+    (grown, z, before)
+}
+
 /// Depth to time starts where the repeat is: a decoder grown to it decodes as before. Once its
 /// weights move, the output moves with them, and a decoder of it still streams exactly.
 #[test]
 fn depth_to_time_grows_from_the_repeat_and_streams_exactly() {
     use burn::module::Param;
-    let device = Default::default();
-    let vae = test_config().init::<B>(&device);
-    let z = Tensor::<B, 5>::random([1, 4, 5, 4, 4], Distribution::Normal(0.0, 1.0), &device);
-    let before = vae.decode(z.clone());
-    let mut grown = super::Vae { decoder: vae.decoder.clone().with_depth_to_time(&device), ..vae };
+    let (mut grown, z, before) = grow_decoder(|decoder| decoder.with_depth_to_time(&Default::default()));
     let expands = grown.decoder.levels.iter().filter(|l| l.up.as_ref().is_some_and(|u| u.expand.is_some())).count();
     assert_eq!(expands, 2, "both temporal up-samplings, not the spatial-only one");
-    let d = max_diff(&before, &grown.decode(z.clone()), 0..17);
-    assert!(d <= 1e-5, "the grown decoder differs by {d} at the start");
     for level in &mut grown.decoder.levels {
         if let Some(expand) = level.up.as_mut().and_then(|u| u.expand.as_mut()) {
             let noise = expand.weight.val().random_like(Distribution::Normal(0.0, 0.1));
@@ -134,17 +142,11 @@ fn depth_to_time_grows_from_the_repeat_and_streams_exactly() {
 #[test]
 fn more_decoder_blocks_grow_from_the_decoder_and_stream_exactly() {
     use burn::module::Param;
-    let device = Default::default();
-    let vae = test_config().init::<B>(&device);
-    let z = Tensor::<B, 5>::random([1, 4, 5, 4, 4], Distribution::Normal(0.0, 1.0), &device);
-    let before = vae.decode(z.clone());
     let config = test_config().with_decoder_blocks(Some(vec![2, 3, 1, 1]));
-    let mut grown = super::Vae { decoder: vae.decoder.clone().with_blocks(&config, &device), ..vae };
+    let (mut grown, z, before) = grow_decoder(|decoder| decoder.with_blocks(&config, &Default::default()));
     // Coarsest level first: the two finest levels (full resolution first in the config) grew.
     let counts: Vec<usize> = grown.decoder.levels.iter().map(|l| l.blocks.len()).collect();
     assert_eq!(counts, [1, 1, 3, 2]);
-    let d = max_diff(&before, &grown.decode(z.clone()), 0..17);
-    assert!(d <= 1e-5, "the grown decoder differs by {d} at the start");
     let finest = grown.decoder.levels.last_mut().and_then(|l| l.blocks.last_mut()).expect("a block");
     let last = finest.conv2.temporal.as_mut().expect("a temporal conv");
     last.weight = Param::from_tensor(last.weight.val().random_like(Distribution::Normal(0.0, 0.1)));
