@@ -114,97 +114,100 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Trains the video VAE on the procedural world, on the device chosen with --device:
     /// checkpoints, loss.csv and loss.png in --out.
-    TrainVae {
-        /// Model preset: cpu, tiny or small.
-        #[arg(long, default_value = "tiny")]
-        preset: String,
-        /// Frame size, WIDTHxHEIGHT (multiples of 8).
-        #[arg(long, default_value = "64x64")]
-        size: Size,
-        /// Frames per video batch (1 + 4k).
-        #[arg(long, default_value_t = 9)]
-        frames: usize,
-        /// Clips per batch.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// The step to stop at.
-        #[arg(long, default_value_t = 1000)]
-        steps: usize,
-        /// Peak learning rate.
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        /// Steps of linear warm-up.
-        #[arg(long, default_value_t = 100)]
-        warmup: usize,
-        /// Cosine decay to a tenth of the peak after the warm-up (default: constant).
-        #[arg(long)]
-        cosine: bool,
-        /// Fraction of batches that are single-frame images.
-        #[arg(long, default_value_t = 0.25)]
-        image_fraction: f64,
-        /// Chance that a world clip changes one or two attributes part-way through (within a
-        /// short clip such a change is abrupt, as a cut is).
-        #[arg(long, default_value_t = 0.3)]
-        transition_probability: f64,
-        /// A folder of real videos (mp4, mkv, webm, mov…; captions in same-named .txt files):
-        /// a second data source. Needs the `gst` feature.
-        #[arg(long)]
-        videos: Option<PathBuf>,
-        /// Fraction of batches drawn from --videos.
-        #[arg(long, default_value_t = 0.5)]
-        video_fraction: f64,
-        /// Decay of the EMA of the weights; 0 turns the EMA off.
-        #[arg(long, default_value_t = 0.999)]
-        ema: f64,
-        /// Output folder.
-        #[arg(long, default_value = "runs/vae-tiny")]
-        out: PathBuf,
-        /// Start from this trained VAE checkpoint (weights and config; --preset is ignored)
-        /// instead of a fresh initialisation. A resumed run ignores it.
-        #[arg(long)]
-        init_from: Option<PathBuf>,
-        /// Fine-tune the decoder alone: the encoder (from --init-from) stays bit for bit, so a
-        /// denoiser trained on its latents can take the new decoder.
-        #[arg(long)]
-        decoder_only: bool,
-        /// Widths of the levels, full resolution first, in place of the preset's (each step
-        /// between levels halves height and width).
-        #[arg(long, value_delimiter = ',')]
-        channels: Option<Vec<usize>>,
-        /// Channels of the latent, in place of the preset's.
-        #[arg(long)]
-        latent_channels: Option<usize>,
-        /// Groups of the group norms, in place of the preset's; 0: no norms.
-        #[arg(long)]
-        norm_groups: Option<usize>,
-        /// Widths of the decoder's levels, full resolution first (default: the encoder's).
-        #[arg(long, value_delimiter = ',')]
-        decoder_channels: Option<Vec<usize>>,
-        /// A decoder without group norms.
-        #[arg(long)]
-        no_decoder_norm: bool,
-        /// With --init-from: keep its encoder and train a new decoder (--decoder-channels,
-        /// --no-decoder-norm) from a fresh initialisation.
-        #[arg(long)]
-        fresh_decoder: bool,
-        /// Weight of the motion term of the loss: the L1 error of the frame-to-frame changes
-        /// (default: the preset's or --init-from's, 0 unless set).
-        #[arg(long)]
-        motion_weight: Option<f64>,
-        /// Up-sample time in the decoder by depth to time (MAGVIT-v2) instead of by repeating
-        /// frames. With --init-from alone, its decoder is grown to it from the output it gives.
-        #[arg(long)]
-        depth_to_time: bool,
-        /// Residual blocks of each decoder level, full resolution first (default: one each).
-        /// With --init-from, its decoder grows to them, each new block starting as the identity.
-        #[arg(long, value_delimiter = ',')]
-        decoder_blocks: Option<Vec<usize>>,
-        #[command(flatten)]
-        run: generate::RunArgs,
-        /// auto, cpu or cuda.
-        #[arg(long, default_value = "auto")]
-        device: endless_model::device::DeviceKind,
-    },
+    TrainVae(Box<TrainVaeArgs>),
+}
+
+#[derive(clap::Args)]
+struct TrainVaeArgs {
+    /// Model preset: cpu, tiny or small.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Frame size, WIDTHxHEIGHT (multiples of 8).
+    #[arg(long, default_value = "64x64")]
+    size: Size,
+    /// Frames per video batch (1 + 4k).
+    #[arg(long, default_value_t = 9)]
+    frames: usize,
+    /// Clips per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// The step to stop at.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Steps of linear warm-up.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// Cosine decay to a tenth of the peak after the warm-up (default: constant).
+    #[arg(long)]
+    cosine: bool,
+    /// Fraction of batches that are single-frame images.
+    #[arg(long, default_value_t = 0.25)]
+    image_fraction: f64,
+    /// Chance that a world clip changes one or two attributes part-way through (within a
+    /// short clip such a change is abrupt, as a cut is).
+    #[arg(long, default_value_t = 0.3)]
+    transition_probability: f64,
+    /// A folder of real videos (mp4, mkv, webm, mov…; captions in same-named .txt files):
+    /// a second data source. Needs the `gst` feature.
+    #[arg(long)]
+    videos: Option<PathBuf>,
+    /// Fraction of batches drawn from --videos.
+    #[arg(long, default_value_t = 0.5)]
+    video_fraction: f64,
+    /// Decay of the EMA of the weights; 0 turns the EMA off.
+    #[arg(long, default_value_t = 0.999)]
+    ema: f64,
+    /// Output folder.
+    #[arg(long, default_value = "runs/vae-tiny")]
+    out: PathBuf,
+    /// Start from this trained VAE checkpoint (weights and config; --preset is ignored)
+    /// instead of a fresh initialisation. A resumed run ignores it.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Fine-tune the decoder alone: the encoder (from --init-from) stays bit for bit, so a
+    /// denoiser trained on its latents can take the new decoder.
+    #[arg(long)]
+    decoder_only: bool,
+    /// Widths of the levels, full resolution first, in place of the preset's (each step
+    /// between levels halves height and width).
+    #[arg(long, value_delimiter = ',')]
+    channels: Option<Vec<usize>>,
+    /// Channels of the latent, in place of the preset's.
+    #[arg(long)]
+    latent_channels: Option<usize>,
+    /// Groups of the group norms, in place of the preset's; 0: no norms.
+    #[arg(long)]
+    norm_groups: Option<usize>,
+    /// Widths of the decoder's levels, full resolution first (default: the encoder's).
+    #[arg(long, value_delimiter = ',')]
+    decoder_channels: Option<Vec<usize>>,
+    /// A decoder without group norms.
+    #[arg(long)]
+    no_decoder_norm: bool,
+    /// With --init-from: keep its encoder and train a new decoder (--decoder-channels,
+    /// --no-decoder-norm) from a fresh initialisation.
+    #[arg(long)]
+    fresh_decoder: bool,
+    /// Weight of the motion term of the loss: the L1 error of the frame-to-frame changes
+    /// (default: the preset's or --init-from's, 0 unless set).
+    #[arg(long)]
+    motion_weight: Option<f64>,
+    /// Up-sample time in the decoder by depth to time (MAGVIT-v2) instead of by repeating
+    /// frames. With --init-from alone, its decoder is grown to it from the output it gives.
+    #[arg(long)]
+    depth_to_time: bool,
+    /// Residual blocks of each decoder level, full resolution first (default: one each).
+    /// With --init-from, its decoder grows to them, each new block starting as the identity.
+    #[arg(long, value_delimiter = ',')]
+    decoder_blocks: Option<Vec<usize>>,
+    #[command(flatten)]
+    run: generate::RunArgs,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: endless_model::device::DeviceKind,
 }
 
 #[derive(clap::Args)]
@@ -274,35 +277,36 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainEvaluator(args) => eval::train_evaluator(args),
         Command::EvalEvaluator(args) => eval::eval_evaluator(args),
         Command::Eval(args) => eval::eval(*args),
-        Command::TrainVae {
-            preset,
-            size,
-            frames,
-            batch,
-            steps,
-            lr,
-            warmup,
-            cosine,
-            image_fraction,
-            transition_probability,
-            videos,
-            video_fraction,
-            ema,
-            out,
-            init_from,
-            decoder_only,
-            channels,
-            latent_channels,
-            norm_groups,
-            decoder_channels,
-            no_decoder_norm,
-            fresh_decoder,
-            motion_weight,
-            depth_to_time,
-            decoder_blocks,
-            run,
-            device,
-        } => {
+        Command::TrainVae(args) => {
+            let TrainVaeArgs {
+                preset,
+                size,
+                frames,
+                batch,
+                steps,
+                lr,
+                warmup,
+                cosine,
+                image_fraction,
+                transition_probability,
+                videos,
+                video_fraction,
+                ema,
+                out,
+                init_from,
+                decoder_only,
+                channels,
+                latent_channels,
+                norm_groups,
+                decoder_channels,
+                no_decoder_norm,
+                fresh_decoder,
+                motion_weight,
+                depth_to_time,
+                decoder_blocks,
+                run,
+                device,
+            } = *args;
             use endless_model::train::{LrSchedule, Optimisation, TrainVaeOptions};
             use endless_model::vae::VaeConfig;
             let config = match preset.as_str() {
