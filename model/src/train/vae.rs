@@ -238,8 +238,8 @@ impl<B: AutodiffBackend> Run<B> {
             let (config, model) = match &o.init_from {
                 Some(from) => {
                     let config: VaeConfig = checkpoint::read_config(from)?;
-                    let config = VaeConfig { motion_weight: o.motion_weight.or(config.motion_weight), ..config };
-                    let trained: Vae<B> = checkpoint::load(config.init(device), from, device)?;
+                    let mut config = VaeConfig { motion_weight: o.motion_weight.or(config.motion_weight), ..config };
+                    let mut trained: Vae<B> = checkpoint::load(config.init(device), from, device)?;
                     if o.fresh_decoder {
                         let config = VaeConfig {
                             decoder_channels: o.config.decoder_channels.clone(),
@@ -255,8 +255,6 @@ impl<B: AutodiffBackend> Run<B> {
                         (config, model)
                     } else {
                         // Grown from the trained decoder's output: depth to time, more blocks.
-                        let mut trained = trained;
-                        let mut config = config;
                         if o.depth_to_time && config.depth_to_time != Some(true) {
                             config = VaeConfig { depth_to_time: Some(true), ..config };
                             trained.decoder = trained.decoder.with_depth_to_time(device);

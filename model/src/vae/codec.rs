@@ -17,17 +17,16 @@ impl VaeConfig {
         ResBlockConfig { channels: [c_in, c_out], norm_groups, temporal_kernel: self.temporal_kernel }.init(device)
     }
 
-    /// Residual blocks of one resolution level, from `c_in` to `c_out` channels.
+    /// The `n` residual blocks of one resolution level, from `c_in` to `c_out` channels.
     fn level_blocks<B: Backend>(
         &self,
         c_in: usize,
         c_out: usize,
+        n: usize,
         norm_groups: usize,
         device: &B::Device,
     ) -> Vec<ResBlock<B>> {
-        (0..self.blocks_per_level)
-            .map(|i| self.res_block(if i == 0 { c_in } else { c_out }, c_out, norm_groups, device))
-            .collect()
+        (0..n).map(|i| self.res_block(if i == 0 { c_in } else { c_out }, c_out, norm_groups, device)).collect()
     }
 
     fn conv<B: Backend>(&self, c_in: usize, c_out: usize, device: &B::Device) -> CausalConv<B> {
@@ -45,7 +44,13 @@ impl VaeConfig {
         let last = c[c.len() - 1];
         let levels = (0..c.len())
             .map(|i| EncoderLevel {
-                blocks: self.level_blocks(if i == 0 { c[0] } else { c[i - 1] }, c[i], self.norm_groups, device),
+                blocks: self.level_blocks(
+                    if i == 0 { c[0] } else { c[i - 1] },
+                    c[i],
+                    self.blocks_per_level,
+                    self.norm_groups,
+                    device,
+                ),
                 down: (i + 1 < c.len()).then(|| {
                     CausalConvConfig::new([c[i], c[i]])
                         .with_temporal_kernel(self.temporal_kernel)
@@ -88,7 +93,7 @@ impl VaeConfig {
         let levels = (0..c.len())
             .rev()
             .map(|i| DecoderLevel {
-                blocks: (0..counts[i]).map(|_| self.res_block(c[i], c[i], groups, device)).collect(),
+                blocks: self.level_blocks(c[i], c[i], counts[i], groups, device),
                 up: (i > 0).then(|| {
                     UpsampleConfig {
                         channels: [c[i], c[i - 1]],
