@@ -228,6 +228,17 @@ pub struct ChunkRequest<B: Backend> {
     pub text: Arc<TextEmbedding>,
 }
 
+/// Where [`Pipeline::generate_from`] starts: these latents, noised to the time of this step of
+/// the DDIM grid.
+#[derive(Debug, Clone)]
+pub struct SdeditStart<B: Backend> {
+    /// `[b, c, window, h, w]`, normalised: the whole window of every request, the given
+    /// frames included (they are replaced as in any chunk).
+    pub latents: Tensor<B, 5>,
+    /// The first step to run, `0..steps` (0: from pure noise, the latents drowned).
+    pub step: usize,
+}
+
 /// The denoiser passes one guided step runs, as (with context, with text): the full pass; the
 /// context-only pass when either scale is not 1; the null pass when the context is guided.
 fn guidance_passes(g: &Guidance) -> Vec<(bool, bool)> {
@@ -409,6 +420,22 @@ impl<B: Backend> Pipeline<B> {
     /// # Panics
     /// If anchors and context fill the window, or a tensor has the wrong shape.
     pub fn generate(&self, requests: &[ChunkRequest<B>], settings: &SamplerSettings) -> Vec<Tensor<B, 4>> {
+        self.generate_from(requests, settings, None)
+    }
+
+    /// [`Pipeline::generate`], or with `start` from known latents noised to a step of the grid
+    /// instead of from pure noise (SDEdit): latents like those the denoiser makes, near
+    /// `start`'s, to train a decoder on ([`crate::train::DenoisedLatents`]).
+    ///
+    /// # Panics
+    /// As [`Pipeline::generate`]; if `start`'s latents are not `[b, c, window, h, w]` or its
+    /// step is not on the grid.
+    pub fn generate_from(
+        &self,
+        requests: &[ChunkRequest<B>],
+        settings: &SamplerSettings,
+        start: Option<&SdeditStart<B>>,
+    ) -> Vec<Tensor<B, 4>> {
         let settings = &SamplerSettings { guidance: self.guidance(settings), ..*settings };
         let device = self.denoiser.patch_embedding.weight.device();
         let [c, h, w] = self.latent_frame();
@@ -473,9 +500,19 @@ impl<B: Backend> Pipeline<B> {
         let guide = matches!(settings.mode, ExtendMode::Guided { .. }).then(|| {
             <Denoiser<Autodiff<B>> as AutodiffModule<Autodiff<B>>>::from_inner(self.denoiser.clone()).no_grad()
         });
+        let (first, z) = match start {
+            None => (0, per_request(0)),
+            Some(start) => {
+                assert_eq!(start.latents.dims(), [b, c, t, h, w], "SDEdit latents of the batch's window");
+                assert!(start.step < settings.steps, "SDEdit from step {} of {}", start.step, settings.steps);
+                let co = self.spec.schedule.at(ddim.steps()[start.step].t);
+                (start.step, start.latents.clone().mul_scalar(co.alpha) + per_request(0).mul_scalar(co.sigma))
+            }
+        };
         let mut index = 0;
-        let z = ddim.sample(
-            per_request(0),
+        let z = ddim.sample_from(
+            first,
+            z,
             |z, time, self_cond| {
                 let z = replace(z, time, index);
                 index += 1;

@@ -299,7 +299,13 @@ impl<B: Backend> Vae<B> {
     pub fn decode_posterior(&self, mean: Tensor<B, 5>, logvar: Tensor<B, 5>) -> VaeOutput<B> {
         let std = logvar.clone().mul_scalar(0.5).exp();
         let noise = Tensor::random(mean.shape(), Distribution::Normal(0.0, 1.0), &mean.device());
-        let reconstruction = self.decode(mean.clone() + std * noise);
+        self.decode_given(mean.clone() + std * noise, mean, logvar)
+    }
+
+    /// Decodes `latent` (drawn from the posterior `(mean, logvar)`, or made from it in another
+    /// way, e.g. by a denoiser) into an output whose KL is the posterior's.
+    pub fn decode_given(&self, latent: Tensor<B, 5>, mean: Tensor<B, 5>, logvar: Tensor<B, 5>) -> VaeOutput<B> {
+        let reconstruction = self.decode(latent);
         let kl = (mean.clone().square() + logvar.clone().exp() - logvar.clone() - 1.0).mean().mul_scalar(0.5);
         VaeOutput { reconstruction, mean, logvar, kl }
     }
