@@ -165,6 +165,69 @@ fn decoder_only_fine_tuning_keeps_the_encoder() {
     }
 }
 
+/// The decoder fine-tuned on the latents a pipeline's denoiser makes of the clips: the batches
+/// decode from them (the losses differ from those of the same run on the encoder's latents),
+/// the encoder stays bit for bit, and a VAE whose encoder is not the pipeline's is refused.
+#[test]
+fn decoder_fine_tuning_on_denoised_latents() {
+    use endless_model::train::{DenoisedLatents, micro_pipeline};
+    let Some(text) = endless_model::text::dir_for_tests() else { return };
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let pipeline = dir("pipeline");
+    micro_pipeline(&pipeline, &text, 2).unwrap();
+    let from = pipeline.join("vae.safetensors");
+    // The micro pipeline: 32×32, windows of 3 latent frames, so clips of 1 + 4·2 frames.
+    let denoised = DenoisedLatents {
+        fraction: 1.0,
+        steps: 2,
+        first_step: 1,
+        context: 1,
+        guidance: 2.0,
+        ..DenoisedLatents::new(&pipeline, &text)
+    };
+    let plain = TrainVaeOptions {
+        steps: 3,
+        frames: 9,
+        image_fraction: 0.0,
+        init_from: Some(from.clone()),
+        decoder_only: true,
+        ..options(dir("plain"))
+    };
+    let o = TrainVaeOptions {
+        denoised: Some(denoised.clone()),
+        ..TrainVaeOptions { out: dir("denoised"), ..plain.clone() }
+    };
+    let a = train_vae::<B>(&plain, &device).unwrap();
+    let b = train_vae::<B>(&o, &device).unwrap();
+    assert_eq!(b.rows.len(), 3);
+    for (x, y) in a.rows.iter().zip(&b.rows) {
+        assert!(y.loss.is_finite() && x.recon != y.recon, "step {}: the same loss from other latents", x.step);
+        assert_eq!(x.kl, y.kl, "step {}: the same clips and posterior", x.step);
+    }
+    let before = common::tensors(&from);
+    let after = common::tensors(&o.out.join("vae.safetensors"));
+    for ((name, x), (_, y)) in before.iter().zip(&after) {
+        assert!(!name.starts_with("encoder.") || x == y, "{name} changed");
+    }
+    assert!(before != after, "the decoder was trained");
+    let info = checkpoint::read_info(&o.out.join("vae.safetensors")).unwrap();
+    assert_eq!(info.meta["denoised_by"], pipeline.display().to_string());
+
+    // Another encoder: the denoiser's latents would mean nothing to it.
+    let other = dir("other");
+    train_vae::<B>(&TrainVaeOptions { steps: 1, ..options(other.clone()) }, &device).unwrap();
+    let wrong = TrainVaeOptions { init_from: Some(other.join("vae.safetensors")), out: dir("wrong"), ..o.clone() };
+    let err = train_vae::<B>(&wrong, &device).unwrap_err().to_string();
+    assert!(err.contains("encodes differently"), "{err}");
+    // Clips of another length than the denoiser's window, and end-to-end training: refused.
+    assert!(train_vae::<B>(&TrainVaeOptions { frames: 13, out: dir("frames"), ..o.clone() }, &device).is_err());
+    assert!(train_vae::<B>(&TrainVaeOptions { decoder_only: false, out: dir("e2e"), ..o.clone() }, &device).is_err());
+    for d in [pipeline, plain.out, o.out, other, wrong.out, dir("frames"), dir("e2e")] {
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
+
 /// A folder of real videos as a second data source: batches decode from it (here every one).
 #[cfg(feature = "gst")]
 #[test]

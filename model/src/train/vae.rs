@@ -17,6 +17,15 @@
 //! fine-tuned). A pipeline then takes the new VAE in place of the old one. With `fresh_decoder`
 //! the decoder starts anew, of another width or without normalisation, on the same latents.
 //!
+//! **On the denoiser's latents** ([`DenoisedLatents`], with `decoder_only`): a stream's decoder
+//! never sees the encoder's latents, only what the denoiser makes, which at the service's 4
+//! DDIM steps is the last step's x̂₀ from t = 0.25 (α ≈ 0.77, σ ≈ 0.64): a posterior mean,
+//! smoother than an encoding. So part of the video batches are decoded from latents the
+//! pipeline's own denoiser makes of them instead — each clip's encoding noised to a late step
+//! of the service's DDIM grid and denoised from there with its caption, its first latents
+//! given as a stream's context (SDEdit, Meng et al. 2022) — against the clip itself. The
+//! denoiser and the encoder stay as they are.
+//!
 //! A checkpoint is `vae.safetensors` (+ JSON with meta `{step, samples_seen, seed}`), the
 //! optimizer state `optim.bin` (moments keyed by parameter order), `vae-ema.safetensors` when
 //! the EMA is on, `loss.csv` and `loss.png`.
@@ -25,6 +34,9 @@ use super::common::{Feeder, LrSchedule, Optim, Optimisation, ema_update, load_op
 use super::plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
 use crate::checkpoint::{self, Precision};
 use crate::data::video_tensor;
+use crate::diffusion::Guidance;
+use crate::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings, SdeditStart};
+use crate::text::TextEncoder;
 use crate::vae::{Vae, VaeConfig};
 use crate::world::{ClipOptions, ClipSampler, Split, noise_hash};
 use anyhow::{Context, Result, bail};
@@ -32,7 +44,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::ElementConversion;
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -73,6 +85,9 @@ pub struct TrainVaeOptions {
     /// Train the decoder alone; the encoder stays bit for bit as it started. A denoiser trained
     /// on the encoder's latents keeps working with the fine-tuned decoder.
     pub decoder_only: bool,
+    /// Decode part of the video batches from latents the denoiser makes of them (needs
+    /// `decoder_only`); `None`: from the encoder's posterior only.
+    pub denoised: Option<DenoisedLatents>,
     /// Weight of the loss's motion term ([`VaeConfig::motion_weight`]) in place of that of
     /// `config` or of `init_from`'s checkpoint; a resumed run keeps its checkpoint's.
     pub motion_weight: Option<f64>,
@@ -90,6 +105,115 @@ pub struct TrainVaeOptions {
     /// Stop (with a checkpoint) after the first step that ends past this much wall-clock time,
     /// for training in legs of fixed length; `None`: run to `steps`.
     pub time_limit: Option<Duration>,
+}
+
+/// Where a decoder-only run gets denoised latents, and how it makes them.
+#[derive(Clone, Debug)]
+pub struct DenoisedLatents {
+    /// A trained pipeline on the run's encoder (checked on the first batch): its denoiser and
+    /// its normalisation of the latents.
+    pub pipeline: PathBuf,
+    /// The text encoder's folder.
+    pub text: PathBuf,
+    /// Fraction of the video batches decoded from denoised latents.
+    pub fraction: f64,
+    /// The DDIM grid, as the service samples it.
+    pub steps: usize,
+    /// Each chosen batch starts from a step drawn evenly from `first_step..steps`: `steps − 1`
+    /// is the last step alone (one denoiser pass), 0 would drown the clip in noise.
+    pub first_step: usize,
+    /// Latent frames given clean as the chunk's context, as a stream gives its last ones;
+    /// the clips have the pipeline's window of latent frames.
+    pub context: usize,
+    /// Classifier-free text guidance, as the service's.
+    pub guidance: f64,
+}
+
+impl DenoisedLatents {
+    /// Half of the video batches, from step 2 or 3 of a 4-step grid (t = 0.5 or 0.25), two
+    /// latents of context, text guidance 8: the service's settings.
+    pub fn new(pipeline: impl Into<PathBuf>, text: impl Into<PathBuf>) -> Self {
+        DenoisedLatents {
+            pipeline: pipeline.into(),
+            text: text.into(),
+            fraction: 0.5,
+            steps: 4,
+            first_step: 2,
+            context: 2,
+            guidance: 8.0,
+        }
+    }
+
+    /// The step batch `step` starts denoising from, if it is one of the `fraction` chosen.
+    fn first_step_of(&self, seed: u64, step: usize) -> Option<usize> {
+        let u = (noise_hash(seed, step as i64, 5) >> 11) as f64 / (1u64 << 53) as f64;
+        let span = (self.steps - self.first_step) as u64;
+        (u < self.fraction).then(|| self.first_step + (noise_hash(seed, step as i64, 6) % span) as usize)
+    }
+}
+
+/// The pipeline and text encoder that make the denoised latents of a run.
+struct Denoising<B: Backend> {
+    o: DenoisedLatents,
+    pipeline: Pipeline<B>,
+    text: TextEncoder<B>,
+}
+
+impl<B: Backend> Denoising<B> {
+    fn load(o: &DenoisedLatents, device: &B::Device) -> Result<Self> {
+        let pipeline = Pipeline::load(&o.pipeline, true, device)
+            .with_context(|| format!("loading the pipeline {}", o.pipeline.display()))?;
+        let text = TextEncoder::load(&o.text, device)
+            .with_context(|| format!("loading the text encoder from {}", o.text.display()))?;
+        Ok(Denoising { o: o.clone(), pipeline, text })
+    }
+
+    /// The clips' latents as the denoiser makes them from `mean` (`[b, c, window, h, w]`, the
+    /// encoder's, unnormalised; so is the result): noised to the time of step `first` of the
+    /// grid and denoised from there with each clip's caption, the first `context` given.
+    fn latents(&self, mean: Tensor<B, 5>, captions: &[String], seed: u64, first: usize) -> Tensor<B, 5> {
+        let x = self.pipeline.spec.normalise(mean);
+        let [_, c, t, h, w] = x.dims();
+        let k = self.o.context;
+        let requests: Vec<ChunkRequest<B>> = captions
+            .iter()
+            .enumerate()
+            .map(|(i, caption)| ChunkRequest {
+                seed,
+                chunk: i as u64,
+                context: (k > 0).then(|| x.clone().narrow(0, i, 1).reshape([c, t, h, w]).narrow(1, 0, k)),
+                anchors: None,
+                text: self.text.embed(caption),
+            })
+            .collect();
+        let settings = SamplerSettings {
+            steps: self.o.steps,
+            eta: 0.0,
+            guidance: Guidance { text: self.o.guidance, context: 1.0 },
+            mode: ExtendMode::Conditioned,
+        };
+        let start = SdeditStart { latents: x.clone(), step: first };
+        let made = Tensor::stack::<5>(self.pipeline.generate_from(&requests, &settings, Some(&start)), 0);
+        let latents = if k == 0 { made } else { Tensor::cat(vec![x.narrow(2, 0, k), made], 2) };
+        self.pipeline.spec.denormalise(latents)
+    }
+
+    /// Fails unless the pipeline's VAE encodes `video` as `encoder` does: its denoiser was
+    /// trained on that encoder's latents.
+    fn check_encoder(&self, encoder: &Vae<B>, video: Tensor<B, 5>) -> Result<()> {
+        let (ours, _) = encoder.encode(video.clone());
+        let (theirs, _) = self.pipeline.vae.encode(video);
+        let scale = ours.clone().abs().max().into_scalar().elem::<f64>().max(1e-6);
+        let diff = (ours - theirs).abs().max().into_scalar().elem::<f64>();
+        if diff > 1e-2 * scale {
+            bail!(
+                "{}: its VAE encodes differently from the run's (max difference {diff:.3} on latents up to {scale:.3}); \
+                 its denoiser needs the encoder it was trained on",
+                self.o.pipeline.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl TrainVaeOptions {
@@ -121,6 +245,7 @@ impl TrainVaeOptions {
             resume: false,
             init_from: None,
             decoder_only: false,
+            denoised: None,
             motion_weight: None,
             fresh_decoder: false,
             depth_to_time: false,
@@ -159,20 +284,25 @@ impl TrainVaeOptions {
     /// The clips of batch `step` from the folder of real videos, decoded in parallel: a pure
     /// function of `(seed, step)` and the folder.
     #[cfg(feature = "gst")]
-    fn decode_batch(&self, folder: &crate::videos::VideoFolder, step: usize) -> Result<Vec<Vec<Vec<u8>>>> {
+    fn decode_batch(&self, folder: &crate::videos::VideoFolder, step: usize) -> Result<RenderedBatch> {
         let (_, o) = self.batch_options(step);
         let mut sampler = crate::videos::VideoSampler::new(folder.clone(), noise_hash(self.seed, step as i64, 1));
         let requests: Vec<_> =
             (0..self.batch).map(|_| sampler.next_request(self.width, self.height, self.fps, o.frames)).collect();
-        requests.par_iter().map(|r| folder.clip(r).map(|c| c.frames).map_err(anyhow::Error::from)).collect()
+        let frames = requests
+            .par_iter()
+            .map(|r| folder.clip(r).map(|c| c.frames).map_err(anyhow::Error::from))
+            .collect::<Result<_>>()?;
+        Ok(RenderedBatch { frames, captions: None })
     }
 
     /// The clips of batch `step`, rendered in parallel: a pure function of `(seed, step)`.
-    pub fn render_batch(&self, step: usize) -> Vec<Vec<Vec<u8>>> {
+    pub fn render_batch(&self, step: usize) -> RenderedBatch {
         let (_, o) = self.batch_options(step);
         let mut sampler = ClipSampler::new(Split::Train, noise_hash(self.seed, step as i64, 1));
         let clips: Vec<_> = (0..self.batch).map(|_| sampler.next_clip(&o)).collect();
-        clips.par_iter().map(|c| c.render(false)).collect()
+        let frames = clips.par_iter().map(|c| c.render(false)).collect();
+        RenderedBatch { frames, captions: Some(clips.iter().map(|c| c.caption()).collect()) }
     }
 
     fn validate(&self) -> Result<()> {
@@ -195,8 +325,28 @@ impl TrainVaeOptions {
         {
             bail!("--motion-weight {w} must be a finite weight of 0 or more");
         }
+        if let Some(d) = &self.denoised {
+            if !self.decoder_only {
+                bail!("decoding denoised latents trains the decoder alone: add --decoder-only");
+            }
+            if !(0.0..=1.0).contains(&d.fraction) || d.first_step >= d.steps {
+                bail!(
+                    "denoised latents: a fraction of 0 to 1 and a first step below the steps ({} of {})",
+                    d.first_step,
+                    d.steps
+                );
+            }
+        }
         self.optim.validate()
     }
+}
+
+/// A batch's clips as frames, with their captions where they have them.
+pub struct RenderedBatch {
+    /// Per clip, its frames as RGB bytes.
+    pub frames: Vec<Vec<Vec<u8>>>,
+    /// Per clip; `None` for real videos.
+    pub captions: Option<Vec<String>>,
 }
 
 /// What a run did.
@@ -346,6 +496,9 @@ impl<B: AutodiffBackend> Run<B> {
                 meta["fresh_decoder"] = true.into();
             }
         }
+        if let Some(d) = &o.denoised {
+            meta["denoised_by"] = d.pipeline.display().to_string().into();
+        }
         save_optim(&self.optim, &self.model, &o.out.join("optim"))?;
         if let Some(ema) = &self.ema {
             checkpoint::save(ema, &self.config, &meta, &o.out.join("vae-ema.safetensors"), Precision::F32)?;
@@ -393,20 +546,51 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
     });
     // Decoder-only: the encoder runs outside autodiff, so it gets no gradient and no update.
     let frozen = o.decoder_only.then(|| run.model.valid());
+    let denoising = o.denoised.as_ref().map(|d| Denoising::<B::InnerBackend>::load(d, device)).transpose()?;
+    if let Some(d) = &denoising {
+        let window = d.pipeline.spec.window;
+        let (w, h) = (d.pipeline.spec.width, d.pipeline.spec.height);
+        if o.frames != 1 + o.config.temporal_factor() * (window - 1) || (o.width, o.height) != (w, h) {
+            bail!(
+                "the denoiser makes windows of {window} latent frames at {w}x{h}: train on clips of {} frames at {w}x{h}",
+                1 + o.config.temporal_factor() * (window - 1)
+            );
+        }
+        if d.o.context >= window {
+            bail!("a context of {} latent frames leaves nothing to denoise in a window of {window}", d.o.context);
+        }
+    }
+    let mut checked = false;
     let first_row = run.rows.len();
     let run_started = Instant::now();
     let (mut window_started, mut window_samples) = (Instant::now(), 0u64);
     while run.step < o.steps {
         let step = run.step;
-        let clips = feeder.next(step)??;
+        let batch = feeder.next(step)??;
         let real = o.is_video_batch(step);
-        let t = clips[0].len();
-        let video = video_tensor::<B>(&clips, o.width, o.height, device);
+        let t = batch.frames[0].len();
+        let video = video_tensor::<B>(&batch.frames, o.width, o.height, device);
         B::seed(device, noise_hash(o.seed, step as i64, 3));
+        // The step the denoiser starts from, for a batch decoded from its latents.
+        let denoised = match (&denoising, &batch.captions) {
+            (Some(d), Some(captions)) if t > 1 => d.o.first_step_of(o.seed, step).map(|first| (d, captions, first)),
+            _ => None,
+        };
         let loss = match &frozen {
             Some(frozen) => {
                 let (mean, logvar) = frozen.encode(video.clone().inner());
-                let out = run.model.decode_posterior(Tensor::from_inner(mean), Tensor::from_inner(logvar));
+                let out = match denoised {
+                    Some((d, captions, first)) => {
+                        if !checked {
+                            d.check_encoder(frozen, video.clone().inner())?;
+                            checked = true;
+                        }
+                        let latents = d.latents(mean.clone(), captions, noise_hash(o.seed, step as i64, 7), first);
+                        let [latents, mean, logvar] = [latents, mean, logvar].map(Tensor::from_inner);
+                        run.model.decode_given(latents, mean, logvar)
+                    }
+                    None => run.model.decode_posterior(Tensor::from_inner(mean), Tensor::from_inner(logvar)),
+                };
                 run.model.loss_of(out, video)
             }
             None => run.model.loss(video),
@@ -439,13 +623,14 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
         if o.log_every > 0 && (step.is_multiple_of(o.log_every) || step == o.steps) {
             let rate = window_samples as f64 / window_started.elapsed().as_secs_f64();
             eprintln!(
-                "step {step}/{} loss {:.5} (recon {:.5}, kl {:.3}) {rate:.2} samples/s lr {lr:.2e} [{t} frame{}{}]",
+                "step {step}/{} loss {:.5} (recon {:.5}, kl {:.3}) {rate:.2} samples/s lr {lr:.2e} [{t} frame{}{}{}]",
                 o.steps,
                 row.loss,
                 row.recon,
                 row.kl,
                 if t == 1 { "" } else { "s" },
-                if real { ", real video" } else { "" }
+                if real { ", real video" } else { "" },
+                denoised.map(|(_, _, first)| format!(", denoised from step {first}")).unwrap_or_default()
             );
             (window_started, window_samples) = (Instant::now(), 0);
         }

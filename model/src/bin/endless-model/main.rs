@@ -203,6 +203,28 @@ struct TrainVaeArgs {
     /// With --init-from, its decoder grows to them, each new block starting as the identity.
     #[arg(long, value_delimiter = ',')]
     decoder_blocks: Option<Vec<usize>>,
+    /// With --decoder-only: decode part of the video batches from latents this pipeline's
+    /// denoiser makes of them (noised to a late step of its DDIM grid, denoised from there with
+    /// the clip's caption), as a stream's decoder sees them. --frames must be its window's.
+    #[arg(long)]
+    denoised_by: Option<PathBuf>,
+    /// Fraction of the video batches decoded from denoised latents.
+    #[arg(long, default_value_t = 0.5)]
+    denoised_fraction: f64,
+    /// The denoiser's DDIM steps (the service's) and the earliest step a batch starts from:
+    /// each starts from one drawn evenly from FIRST..STEPS.
+    #[arg(long, value_name = "FIRST..STEPS", default_value = "2..4")]
+    denoised_steps: String,
+    /// Latent frames given clean as the chunk's context.
+    #[arg(long, default_value_t = 2)]
+    denoised_context: usize,
+    /// The denoiser's text guidance.
+    #[arg(long, default_value_t = 8.0)]
+    denoised_guidance: f64,
+    /// all-MiniLM-L6-v2 folder for --denoised-by (default: $ENDLESS_MINILM_DIR, else
+    /// ~/.cache/endless/minilm).
+    #[arg(long)]
+    text: Option<PathBuf>,
     #[command(flatten)]
     run: generate::RunArgs,
     /// auto, cpu or cuda.
@@ -304,6 +326,12 @@ fn run(cli: Cli) -> Result<()> {
                 motion_weight,
                 depth_to_time,
                 decoder_blocks,
+                denoised_by,
+                denoised_fraction,
+                denoised_steps,
+                denoised_context,
+                denoised_guidance,
+                text,
                 run,
                 device,
             } = *args;
@@ -335,6 +363,26 @@ fn run(cli: Cli) -> Result<()> {
                 decoder_blocks,
                 ..config
             };
+            let denoised = match denoised_by {
+                Some(pipeline) => {
+                    let (first, steps) = denoised_steps
+                        .split_once("..")
+                        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+                        .with_context(|| {
+                            format!("--denoised-steps {denoised_steps:?}: expected FIRST..STEPS, e.g. 2..4")
+                        })?;
+                    let text = text.unwrap_or_else(endless_model::text::default_dir);
+                    Some(endless_model::train::DenoisedLatents {
+                        fraction: denoised_fraction,
+                        steps,
+                        first_step: first,
+                        context: denoised_context,
+                        guidance: denoised_guidance,
+                        ..endless_model::train::DenoisedLatents::new(pipeline, text)
+                    })
+                }
+                None => None,
+            };
             let options = TrainVaeOptions {
                 width: size.width,
                 height: size.height,
@@ -349,6 +397,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume: run.resume,
                 init_from,
                 decoder_only,
+                denoised,
                 fresh_decoder,
                 motion_weight,
                 depth_to_time,
