@@ -8,7 +8,7 @@
 //! [`crate::world::ClipSampler`] draws procedural clips.
 
 use crate::media::Size;
-use crate::world::noise_hash;
+use crate::world::noise_uniform;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -452,7 +452,7 @@ pub struct VideoSampler {
 
 /// A uniform number in [0, 1) from a hash.
 fn uniform(seed: u64, i: u64, k: i64) -> f64 {
-    (noise_hash(seed, i as i64, k) >> 11) as f64 / (1u64 << 53) as f64
+    noise_uniform(seed, i as i64, k)
 }
 
 impl VideoSampler {

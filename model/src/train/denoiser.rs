@@ -42,7 +42,7 @@ use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContex
 use crate::pipeline::{ChannelStats, DENOISER_EMA_FILE, DENOISER_FILE, PipelineSpec, VAE_FILE};
 use crate::text::{TextBatch, TextEmbedding, TextEncoder};
 use crate::vae::{Vae, VaeConfig};
-use crate::world::{Clip, ClipOptions, ClipSampler, Split, noise_hash};
+use crate::world::{Clip, ClipOptions, ClipSampler, Split, noise_hash, noise_uniform};
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
@@ -211,8 +211,7 @@ impl TrainDenoiserOptions {
 
     /// A uniform number in [0, 1) for draw `k` of item `i` of step `step`.
     pub(crate) fn uniform(&self, step: i64, i: usize, k: i64) -> f64 {
-        let h = noise_hash(noise_hash(self.seed, step, 11), i as i64, k);
-        (h >> 11) as f64 / (1u64 << 53) as f64
+        noise_uniform(noise_hash(self.seed, step, 11), i as i64, k)
     }
 
     fn validate(&self, vae: &VaeConfig) -> Result<()> {

@@ -112,7 +112,7 @@ fn render_training(seed: u64, n: usize, o: &ClipOptions, all_combinations: bool)
     let mut held_out = ClipSampler::new(Split::HeldOut, noise_hash(seed, 0, 2));
     let clips: Vec<_> = (0..n)
         .map(|i| {
-            let u = (noise_hash(seed, i as i64, 3) >> 11) as f64 / (1u64 << 53) as f64;
+            let u = crate::world::noise_uniform(seed, i as i64, 3);
             if u < share { held_out.next_clip(o) } else { train.next_clip(o) }
         })
         .collect();

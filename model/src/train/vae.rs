@@ -38,7 +38,7 @@ use crate::diffusion::Guidance;
 use crate::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings, SdeditStart};
 use crate::text::TextEncoder;
 use crate::vae::{Vae, VaeConfig};
-use crate::world::{ClipOptions, ClipSampler, Split, noise_hash};
+use crate::world::{ClipOptions, ClipSampler, Split, noise_hash, noise_uniform};
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
@@ -146,7 +146,7 @@ impl DenoisedLatents {
 
     /// The step batch `step` starts denoising from, if it is one of the `fraction` chosen.
     fn first_step_of(&self, seed: u64, step: usize) -> Option<usize> {
-        let u = (noise_hash(seed, step as i64, 5) >> 11) as f64 / (1u64 << 53) as f64;
+        let u = noise_uniform(seed, step as i64, 5);
         let span = (self.steps - self.first_step) as u64;
         (u < self.fraction).then(|| self.first_step + (noise_hash(seed, step as i64, 6) % span) as usize)
     }
@@ -262,7 +262,7 @@ impl TrainVaeOptions {
 
     /// Whether batch `step` is a batch of images, and its clip options.
     fn batch_options(&self, step: usize) -> (bool, ClipOptions) {
-        let u = (noise_hash(self.seed, step as i64, 2) >> 11) as f64 / (1u64 << 53) as f64;
+        let u = noise_uniform(self.seed, step as i64, 2);
         let image = u < self.image_fraction;
         let frames = if image { 1 } else { self.frames };
         let o = ClipOptions {
@@ -277,7 +277,7 @@ impl TrainVaeOptions {
 
     /// Whether batch `step` comes from the folder of real videos.
     fn is_video_batch(&self, step: usize) -> bool {
-        let u = (noise_hash(self.seed, step as i64, 4) >> 11) as f64 / (1u64 << 53) as f64;
+        let u = noise_uniform(self.seed, step as i64, 4);
         self.videos.is_some() && u < self.video_fraction
     }
 

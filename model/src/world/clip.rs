@@ -92,7 +92,7 @@ pub struct ClipSampler {
 
 /// A uniform number in [0, 1) from a hash.
 fn uniform(seed: u64, i: u64, j: i64) -> f64 {
-    (hash(seed, i as i64, j) >> 11) as f64 / (1u64 << 53) as f64
+    super::noise::hash_f64(seed, i as i64, j)
 }
 
 fn pick(seed: u64, i: u64, j: i64, n: usize) -> usize {

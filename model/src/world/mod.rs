@@ -16,6 +16,6 @@ pub use caption::{
     HELD_OUT_COMBINATIONS, Phrasing, SlotPhrase, Split, is_held_out_combination, parse, slot_phrases, split_of,
 };
 pub use clip::{Clip, ClipOptions, ClipSampler};
-pub use noise::hash as noise_hash;
+pub use noise::{hash as noise_hash, hash_f64 as noise_uniform};
 pub use render::World;
 pub use timeline::{Key, SceneState, Timeline, progress};

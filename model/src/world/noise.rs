@@ -11,6 +11,12 @@ pub fn hash(seed: u64, i: i64, j: i64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The hash mapped to [0, 1) in f64, all 53 bits of the mantissa: a uniform draw.
+#[inline]
+pub fn hash_f64(seed: u64, i: i64, j: i64) -> f64 {
+    (hash(seed, i, j) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The hash mapped to [0, 1).
 #[inline]
 pub fn hash01(seed: u64, i: i64, j: i64) -> f32 {
