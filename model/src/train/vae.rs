@@ -110,7 +110,7 @@ pub struct TrainVaeOptions {
 /// Where a decoder-only run gets denoised latents, and how it makes them.
 #[derive(Clone, Debug)]
 pub struct DenoisedLatents {
-    /// A trained pipeline on the run's encoder (checked on the first batch): its denoiser and
+    /// A trained pipeline on the run's encoder (checked before the first step): its denoiser and
     /// its normalisation of the latents.
     pub pipeline: PathBuf,
     /// The text encoder's folder.
@@ -559,8 +559,11 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
         if d.o.context >= window {
             bail!("a context of {} latent frames leaves nothing to denoise in a window of {window}", d.o.context);
         }
+        // Before any step: the first batch's clips, as the pipeline's VAE and the run's encode them.
+        let frames = o.render_batch(start).frames;
+        let frozen = frozen.as_ref().expect("validated: denoised latents need decoder_only");
+        d.check_encoder(frozen, video_tensor(&frames, o.width, o.height, device))?;
     }
-    let mut checked = false;
     let first_row = run.rows.len();
     let run_started = Instant::now();
     let (mut window_started, mut window_samples) = (Instant::now(), 0u64);
@@ -581,10 +584,6 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
                 let (mean, logvar) = frozen.encode(video.clone().inner());
                 let out = match denoised {
                     Some((d, captions, first)) => {
-                        if !checked {
-                            d.check_encoder(frozen, video.clone().inner())?;
-                            checked = true;
-                        }
                         let latents = d.latents(mean.clone(), captions, noise_hash(o.seed, step as i64, 7), first);
                         let [latents, mean, logvar] = [latents, mean, logvar].map(Tensor::from_inner);
                         run.model.decode_given(latents, mean, logvar)
