@@ -22,6 +22,10 @@
 //!   latents: the layout a stream's chunks have once it holds anchors ([`crate::rolling`]).
 //! - **Text dropout** replaces a prompt by the null prompt with probability `text_dropout`
 //!   (classifier-free guidance).
+//! - **Conditioning augmentation** (StackGAN's, without its learnt variance): with
+//!   `text_noise` σ > 0, every token state and the pooled embedding get Gaussian noise of σ
+//!   times their own RMS, so a prompt stands for a neighbourhood of the text encoder's space
+//!   rather than a point, and phrasings the run never saw land where it trained.
 //! - **Self-conditioning** (Chen et al. 2022): with probability `self_condition` a batch first
 //!   runs without it, and the detached x̂ of that pass is fed to the trained pass.
 //! - **v-prediction**, MSE, times uniform in `[0, 1]` through the resolution-shifted cosine
@@ -37,7 +41,7 @@ use super::plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
 use super::vae::TrainSummary;
 use crate::checkpoint::{self, Precision};
 use crate::data::video_tensor;
-use crate::diffusion::{Schedule, gaussian};
+use crate::diffusion::{Schedule, gaussian, gaussian_tensor};
 use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContext, FramePosition, TextCondition};
 use crate::pipeline::{ChannelStats, DENOISER_EMA_FILE, DENOISER_FILE, PipelineSpec, VAE_FILE};
 use crate::text::{TextBatch, TextEmbedding, TextEncoder};
@@ -87,6 +91,9 @@ pub struct TrainDenoiserOptions {
     pub max_anchor_distance: usize,
     /// Chance that a prompt is replaced by the null prompt.
     pub text_dropout: f64,
+    /// Conditioning augmentation: Gaussian noise on each text vector (every token state and
+    /// the pooled embedding) with a standard deviation of this times the vector's RMS; 0: none.
+    pub text_noise: f64,
     /// Chance that a batch trains with self-conditioning.
     pub self_condition: f64,
     /// Latent side at which the cosine schedule is used unshifted.
@@ -151,6 +158,7 @@ impl TrainDenoiserOptions {
             anchor_fraction: 0.25,
             max_anchor_distance: 128,
             text_dropout: 0.1,
+            text_noise: 0.0,
             self_condition: 0.5,
             schedule_base: 8,
             stats_batches: 4,
@@ -250,6 +258,9 @@ impl TrainDenoiserOptions {
             if !(0.0..=1.0).contains(&p) {
                 bail!("the {name} must be in [0, 1]");
             }
+        }
+        if !(0.0..=10.0).contains(&self.text_noise) {
+            bail!("the text noise must be in [0, 10] (times each vector's RMS)");
         }
         self.optim.validate()
     }
@@ -591,7 +602,8 @@ pub fn step_loss<B: AutodiffBackend>(
     let z_t = x.clone() * alpha.clone() + eps.clone() * sigma.clone();
     let target = eps * alpha.clone() - x.clone() * sigma.clone();
 
-    let Conditions { context, positions, text, .. } = conditions(o, &x, embeddings, anchors, step, o.text_dropout);
+    let Conditions { context, positions, text, .. } =
+        conditions(o, &x, embeddings, anchors, step, o.text_dropout, o.text_noise);
     let t_in = Tensor::<B, 1>::from_data(TensorData::new(times.iter().map(|&s| s as f32).collect(), [b]), &device);
     let input = |self_cond| DenoiserInput {
         z_t: z_t.clone(),
@@ -631,8 +643,9 @@ pub(crate) struct Conditions<B: Backend> {
 
 /// The conditions of the batch `x` (`[b, c, t, h, w]`, normalised) at `step`: frame prediction
 /// gives 1 or 2 clean past frames to some clips (an anchor and 1 or 2 to every clip of an
-/// anchored batch), and each prompt is dropped with probability `text_dropout`. The draws
-/// depend on `(seed, step)` only, so any backend gets the same ones.
+/// anchored batch), each prompt is dropped with probability `text_dropout`, and the text
+/// vectors of the rest get noise of `text_noise` times their RMS ([`text_augmented`]). The
+/// draws depend on `(seed, step)` only, so any backend gets the same ones.
 pub(crate) fn conditions<B: Backend>(
     o: &TrainDenoiserOptions,
     x: &Tensor<B, 5>,
@@ -640,6 +653,7 @@ pub(crate) fn conditions<B: Backend>(
     anchors: Option<&[usize]>,
     step: i64,
     text_dropout: f64,
+    text_noise: f64,
 ) -> Conditions<B> {
     let [b, _, t, _, _] = x.dims();
     let device = x.device();
@@ -660,9 +674,27 @@ pub(crate) fn conditions<B: Backend>(
         frame_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(given.clone(), [b, t]), &device),
     });
     let dropped: Vec<bool> = (0..b).map(|i| o.uniform(step, i, 6) < text_dropout).collect();
-    let text = TextCondition::from(TextBatch::<B>::from_embeddings(embeddings, &device))
-        .drop_where(Tensor::from_data(TensorData::new(dropped, [b]), &device));
+    let text = TextCondition::from(TextBatch::<B>::from_embeddings(embeddings, &device));
+    let text = if text_noise > 0.0 { text_augmented(text, text_noise, noise_hash(o.seed, step, 13)) } else { text };
+    let text = text.drop_where(Tensor::from_data(TensorData::new(dropped, [b]), &device));
     Conditions { given, context, positions, text }
+}
+
+/// Conditioning augmentation: `text` with Gaussian noise (stream `seed`) on every token state
+/// and on the pooled embedding, each vector's of standard deviation `sigma` times its RMS, so
+/// that the noise is the same share of every vector whatever its scale (MiniLM's token states
+/// have norms near 8, its pooled embedding 1).
+pub(crate) fn text_augmented<B: Backend>(text: TextCondition<B>, sigma: f64, seed: u64) -> TextCondition<B> {
+    fn jittered<B: Backend, const D: usize>(v: Tensor<B, D>, sigma: f64, seed: u64, stream: u64) -> Tensor<B, D> {
+        let rms = v.clone().square().mean_dim(D - 1).sqrt();
+        let eps = gaussian_tensor::<B, D>(seed, stream, v.dims(), &v.device());
+        v + eps * rms * sigma
+    }
+    TextCondition {
+        tokens: jittered(text.tokens, sigma, seed, 0),
+        pooled: jittered(text.pooled, sigma, seed, 1),
+        padding_mask: text.padding_mask,
+    }
 }
 
 /// A very small VAE (8–16 channels) with its initial weights, saved into `dir`: a fixed encoder
@@ -705,4 +737,71 @@ pub fn micro_pipeline(out: &Path, text: &Path, steps: usize) -> Result<()> {
     let vae = micro_vae(out)?;
     train_denoiser::<B>(&TrainDenoiserOptions { steps, ..micro_options(&vae, text, out) }, &Default::default())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// Vectors whose RMS differs by row: `scale · (1 + row)` times a fixed pattern.
+    fn rows<const D: usize>(shape: [usize; D], scale: f32) -> Tensor<Flex, D> {
+        let d = shape[D - 1];
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|i| scale * (1 + i / d) as f32 * (((i * 37 + 11) % 23) as f32 / 11.0 - 1.0))
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    }
+
+    fn text() -> TextCondition<Flex> {
+        let mask = TensorData::new(vec![false, false, false, true, false, false, false, false], [2, 4]);
+        TextCondition {
+            tokens: rows([2, 4, 384], 8.0),
+            padding_mask: Tensor::from_data(mask, &Default::default()),
+            pooled: rows([2, 384], 0.05),
+        }
+    }
+
+    /// Per vector (last axis): the norm of `noisy − clean` over the RMS of `clean` times √d,
+    /// and the cosine between them.
+    fn noise_share<const D: usize>(clean: Tensor<Flex, D>, noisy: Tensor<Flex, D>) -> Vec<(f32, f32)> {
+        let d = clean.dims()[D - 1];
+        let (a, b) = (clean.into_data().to_vec::<f32>().unwrap(), noisy.into_data().to_vec::<f32>().unwrap());
+        a.chunks(d)
+            .zip(b.chunks(d))
+            .map(|(a, b)| {
+                let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+                let (na, nb) = (norm(&mut a.iter().copied()), norm(&mut b.iter().copied()));
+                let diff = norm(&mut a.iter().zip(b).map(|(x, y)| y - x));
+                let rms = na / (d as f32).sqrt();
+                let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                (diff / (rms * (d as f32).sqrt()), dot / (na * nb))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn text_noise_is_a_share_of_each_vector_and_seeded() {
+        let clean = text();
+        let sigma = 0.5;
+        let noisy = text_augmented(clean.clone(), sigma, 3);
+        // The same share of every vector, whatever its scale (the rows' RMS span 8·1 to 8·8 and
+        // 0.05 to 0.1), so the direction moves alike: cos ≈ 1/√(1 + σ²) = 0.894.
+        let shares = [
+            noise_share(clean.tokens.clone(), noisy.tokens.clone()),
+            noise_share(clean.pooled.clone(), noisy.pooled.clone()),
+        ];
+        for (share, cos) in shares.concat() {
+            assert!((share - sigma as f32).abs() < 0.05, "noise of {share} × RMS, expected {sigma}");
+            assert!((cos - 0.894).abs() < 0.03, "cosine {cos}");
+        }
+        assert_eq!(noisy.padding_mask.to_data(), clean.padding_mask.to_data(), "the mask is the prompt's");
+        // Seeded: the same seed gives the same noise, another seed other noise.
+        let again = text_augmented(clean.clone(), sigma, 3);
+        assert_eq!(again.tokens.to_data(), noisy.tokens.to_data());
+        assert_eq!(again.pooled.to_data(), noisy.pooled.to_data());
+        let other = text_augmented(clean, sigma, 4);
+        let moved = (other.tokens - noisy.tokens).abs().max().into_scalar();
+        assert!(moved > 1.0, "another seed moves the tokens by {moved}");
+    }
 }

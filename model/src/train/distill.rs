@@ -120,9 +120,9 @@ pub(crate) fn distill_loss<B: AutodiffBackend>(
     let z = x_in.clone() * a.clone() + eps * s.clone();
 
     // The conditions, the same draws on both backends; the student's prompt is never dropped.
-    let cond = conditions(o, &x, embeddings, anchors, step, 0.0);
+    let cond = conditions(o, &x, embeddings, anchors, step, 0.0, 0.0);
     let Conditions { given, context: teacher_context, positions, text: teacher_text } =
-        conditions(o, &x_in, embeddings, anchors, step, 0.0);
+        conditions(o, &x_in, embeddings, anchors, step, 0.0, 0.0);
     let given = Tensor::<B::InnerBackend, 1, burn::tensor::Bool>::from_data(TensorData::new(given, [b * t]), &device)
         .reshape([b, 1, t, 1, 1])
         .expand([b, c, t, h, w]);

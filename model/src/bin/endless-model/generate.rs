@@ -140,6 +140,10 @@ pub struct TrainArgs {
     /// Chance that a prompt is dropped (classifier-free guidance).
     #[arg(long, default_value_t = 0.1)]
     text_dropout: f64,
+    /// Conditioning augmentation: Gaussian noise on every text vector (token states and the
+    /// pooled embedding), this many times the vector's RMS; 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    text_noise: f64,
     /// Chance that a batch trains with self-conditioning.
     #[arg(long, default_value_t = 0.5)]
     self_condition: f64,
@@ -210,6 +214,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         anchor_fraction: args.anchor_fraction,
         max_anchor_distance: args.max_anchor_distance,
         text_dropout: args.text_dropout,
+        text_noise: args.text_noise,
         self_condition: args.self_condition,
         seed: args.run.seed,
         resume: args.run.resume,
