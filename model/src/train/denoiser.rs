@@ -683,7 +683,7 @@ pub(crate) fn conditions<B: Backend>(
 /// Conditioning augmentation: `text` with Gaussian noise (stream `seed`) on every token state
 /// and on the pooled embedding, each vector's of standard deviation `sigma` times its RMS, so
 /// that the noise is the same share of every vector whatever its scale (MiniLM's token states
-/// have norms near 8, its pooled embedding 1).
+/// are not normalised; its pooled embedding has norm 1).
 pub(crate) fn text_augmented<B: Backend>(text: TextCondition<B>, sigma: f64, seed: u64) -> TextCondition<B> {
     fn jittered<B: Backend, const D: usize>(v: Tensor<B, D>, sigma: f64, seed: u64, stream: u64) -> Tensor<B, D> {
         let rms = v.clone().square().mean_dim(D - 1).sqrt();
@@ -785,8 +785,8 @@ mod tests {
         let clean = text();
         let sigma = 0.5;
         let noisy = text_augmented(clean.clone(), sigma, 3);
-        // The same share of every vector, whatever its scale (the rows' RMS span 8·1 to 8·8 and
-        // 0.05 to 0.1), so the direction moves alike: cos ≈ 1/√(1 + σ²) = 0.894.
+        // The same share of every vector, whatever its scale (the rows' scales span 8·1 to 8·8
+        // and 0.05 to 0.1), so the direction moves alike: cos ≈ 1/√(1 + σ²) = 0.894.
         let shares = [
             noise_share(clean.tokens.clone(), noisy.tokens.clone()),
             noise_share(clean.pooled.clone(), noisy.pooled.clone()),
