@@ -209,6 +209,58 @@ mod text {
     }
 
     #[test]
+    fn a_pack_for_the_world_captions_computes_what_the_model_does() {
+        use endless_model::text::pack_for_texts;
+        use endless_model::world::{Attributes, Camera, Phrasing, Scenery, Split, TimeOfDay, Weather, caption_pieces};
+        use std::collections::BTreeSet;
+        let Some(encoder) = encoder() else { return };
+        let dir = dir_for_tests().expect("the encoder loaded from it");
+        let out = std::env::temp_dir().join(format!("endless-pack-text-{}", std::process::id()));
+        let pieces = caption_pieces();
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let packed = pack_for_texts(&dir, &out, &pieces).expect("the model packs");
+        assert!((100..2_000).contains(&packed.tokens_kept), "{packed:?}");
+        assert!(packed.bytes < 50_000_000, "{packed:?}");
+        let small = TextEncoder::<B>::load(&out, &Default::default()).expect("the pack loads as the model does");
+        let _ = std::fs::remove_dir_all(&out);
+
+        // Every caption of either split, every attribute combination, is made of kept tokens.
+        let tokenizer = encoder.tokenizer();
+        let kept: BTreeSet<u32> = pieces.iter().flat_map(|p| tokenizer.encode(p)).collect();
+        let mut captions = Vec::new();
+        for (i, &time) in TimeOfDay::ALL.iter().enumerate() {
+            for &weather in Weather::ALL {
+                for &scenery in Scenery::ALL {
+                    for &camera in Camera::ALL {
+                        let a = Attributes { time, weather, scenery, camera };
+                        for split in [Split::Train, Split::HeldOut] {
+                            for seed in 0..4 {
+                                captions.push(Phrasing::sample(split, seed * 977 + i as u64).caption(&a));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for caption in &captions {
+            let missing: Vec<u32> = tokenizer.encode(caption).into_iter().filter(|id| !kept.contains(id)).collect();
+            assert!(missing.is_empty(), "{caption:?}: tokens {missing:?} were not kept");
+        }
+
+        // On captions it computes what the model does, to f16 precision; off them it does not.
+        for caption in captions.iter().step_by(97) {
+            let (full, packed) = (encoder.embed(caption), small.embed(caption));
+            assert!(full.similarity(&packed) > 0.9999, "{caption:?}: cosine {}", full.similarity(&packed));
+            let rms = (full.hidden().iter().map(|v| v * v).sum::<f32>() / full.hidden().len() as f32).sqrt();
+            let diff = max_abs_diff(full.hidden(), packed.hidden());
+            assert!(diff < 0.02 * rms, "{caption:?}: token states differ by {diff} (RMS {rms})");
+        }
+        let other = "a zebra eating spaghetti in a submarine";
+        let cosine = encoder.embed(other).similarity(&small.embed(other));
+        assert!(cosine < 0.99, "{other:?} uses dropped tokens, yet cosine {cosine}");
+    }
+
+    #[test]
     fn own_words_land_near_the_training_captions() {
         let Some(encoder) = encoder() else { return };
         let sunset = encoder.embed("sunset over the ocean");

@@ -22,7 +22,7 @@ pub use bert::{
     BertLayerConfig, mean_pool_normalized,
 };
 pub use tokenizer::{MAX_TOKENS, Tokenizer, VocabError};
-pub use weights::{load_safetensors, load_safetensors_bytes};
+pub use weights::{load_safetensors, load_safetensors_bytes, pack_f16};
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
@@ -83,6 +83,40 @@ pub fn dir_for_tests() -> Option<PathBuf> {
     None
 }
 
+/// What [`pack_for_texts`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Packed {
+    /// Rows of the word-embedding table kept (the others are zero).
+    pub tokens_kept: usize,
+    pub vocab_size: usize,
+    /// Size of the packed model.safetensors (the original all-MiniLM-L6-v2's is 90.9 MB).
+    pub bytes: u64,
+}
+
+/// Writes into `out` a copy of the encoder in `dir` for texts made of `pieces` alone: the
+/// vocabulary and config as they are, and the weights in f16 with every word-embedding row that
+/// no piece's tokens use set to zero ([`pack_f16`]). On any text whose tokens are all among the
+/// pieces' (a caption of the world: `world::caption_pieces`) it computes what the original
+/// does, to f16 precision; it loads as the original does.
+pub fn pack_for_texts(dir: &Path, out: &Path, pieces: &[&str]) -> Result<Packed, TextError> {
+    let tokenizer = Tokenizer::from_vocab_file(&dir.join("vocab.txt"))?;
+    let mut keep: std::collections::BTreeSet<u32> = pieces.iter().flat_map(|p| tokenizer.encode(p)).collect();
+    keep.extend(["[PAD]", "[UNK]", "[CLS]", "[SEP]"].iter().filter_map(|t| tokenizer.token_id(t)));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TextError::Io { path, source }
+    };
+    let weights = dir.join("model.safetensors");
+    let packed = pack_f16(&std::fs::read(&weights).map_err(io(&weights))?, &keep, &weights)?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    for file in ["vocab.txt", "config.json"] {
+        std::fs::copy(dir.join(file), out.join(file)).map_err(io(&out.join(file)))?;
+    }
+    let target = out.join("model.safetensors");
+    std::fs::write(&target, &packed).map_err(io(&target))?;
+    Ok(Packed { tokens_kept: keep.len(), vocab_size: tokenizer.vocab_size(), bytes: packed.len() as u64 })
+}
+
 /// Why the text encoder could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {
@@ -100,7 +134,7 @@ pub enum TextError {
     Safetensors { path: PathBuf, source: safetensors::SafeTensorError },
     #[error("{path}: tensor {key:?} is missing")]
     MissingTensor { path: PathBuf, key: String },
-    #[error("{path}: tensor {key:?} is {dtype}, expected F32")]
+    #[error("{path}: tensor {key:?} is {dtype}, expected F32, F16 or BF16")]
     TensorDtype { path: PathBuf, key: String, dtype: String },
     #[error("{path}: tensor {key:?} has shape {found:?}, expected {expected:?}")]
     TensorShape { path: PathBuf, key: String, expected: Vec<usize>, found: Vec<usize> },

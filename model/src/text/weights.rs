@@ -1,8 +1,9 @@
 //! Loading a Hugging Face `BertModel` checkpoint (model.safetensors) into [`Bert`].
 //!
-//! Every tensor the encoder needs is looked up under its Hugging Face name, checked (F32, the
-//! shape of the parameter it replaces) and applied; an error names the key. PyTorch stores a
-//! linear layer's weight as `[out, in]`, burn as `[in, out]`: weights are transposed on load.
+//! Every tensor the encoder needs is looked up under its Hugging Face name, checked (F32, F16
+//! or BF16, the shape of the parameter it replaces) and applied; an error names the key.
+//! PyTorch stores a linear layer's weight as `[out, in]`, burn as `[in, out]`: weights are
+//! transposed on load.
 //! The names map as follows (N: layer):
 //!
 //! | Hugging Face                                     | here                         |
@@ -24,7 +25,8 @@
 use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, bf16, f16};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -64,6 +66,54 @@ pub fn load_safetensors_bytes<B: Backend>(
     Ok((bert, unused))
 }
 
+/// The values of a little-endian F32, F16 or BF16 tensor as f32; `None` for another dtype.
+fn floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    match dtype {
+        Dtype::F32 => Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        Dtype::F16 => Some(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+        Dtype::BF16 => Some(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+        _ => None,
+    }
+}
+
+/// A checkpoint of the encoder's tensors alone, in f16, with the rows of the word-embedding
+/// table outside `keep` set to zero: a model that gives the original's outputs, to f16
+/// precision, on every text whose token ids are all in `keep`, in a file that compresses to
+/// half the original's size (a zero row costs nothing in a compressed archive). For carrying
+/// the encoder where the original does not fit: the GPU machine's 64 MiB working tree takes
+/// the whole text encoder this way, with the tokens of every world caption kept
+/// (`endless-model pack-text`).
+pub fn pack_f16(bytes: &[u8], keep: &BTreeSet<u32>, path: &Path) -> Result<Vec<u8>, TextError> {
+    let file =
+        SafeTensors::deserialize(bytes).map_err(|source| TextError::Safetensors { path: path.into(), source })?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in file.tensors() {
+        if KNOWN_UNUSED.contains(&name.as_str()) {
+            continue;
+        }
+        let mut values = floats(view.dtype(), view.data()).ok_or_else(|| TextError::TensorDtype {
+            path: path.into(),
+            key: name.clone(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        if name == "embeddings.word_embeddings.weight" {
+            let width = view.shape()[1];
+            for (id, row) in values.chunks_exact_mut(width).enumerate() {
+                if !keep.contains(&(id as u32)) {
+                    row.fill(0.0);
+                }
+            }
+        }
+        let bytes = values.into_iter().flat_map(|v| f16::from_f32(v).to_le_bytes()).collect();
+        tensors.push((name, view.shape().to_vec(), bytes));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let views = tensors.iter().map(|(name, shape, bytes)| {
+        (name.as_str(), TensorView::new(Dtype::F16, shape.clone(), bytes).expect("two bytes per value of the shape"))
+    });
+    safetensors::serialize(views, None).map_err(|source| TextError::Safetensors { path: path.into(), source })
+}
+
 /// The open checkpoint and the names of the tensors taken from it so far.
 struct Weights<'a> {
     file: SafeTensors<'a>,
@@ -78,13 +128,6 @@ impl Weights<'_> {
             .file
             .tensor(key)
             .map_err(|_| TextError::MissingTensor { path: self.path.into(), key: key.to_string() })?;
-        if view.dtype() != Dtype::F32 {
-            return Err(TextError::TensorDtype {
-                path: self.path.into(),
-                key: key.to_string(),
-                dtype: format!("{:?}", view.dtype()),
-            });
-        }
         if view.shape() != shape {
             return Err(TextError::TensorShape {
                 path: self.path.into(),
@@ -93,8 +136,13 @@ impl Weights<'_> {
                 found: view.shape().to_vec(),
             });
         }
+        let values = floats(view.dtype(), view.data()).ok_or_else(|| TextError::TensorDtype {
+            path: self.path.into(),
+            key: key.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
         self.used.insert(key.to_string());
-        Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(values)
     }
 
     /// A tensor of `shape` from tensor `key`.
@@ -358,7 +406,7 @@ mod tests {
 
         let mut dtype = checkpoint(&tiny());
         let entry = dtype.get_mut("embeddings.LayerNorm.bias").expect("the checkpoint has it");
-        *entry = (Dtype::F16, vec![8], entry.2[..16].to_vec());
+        *entry = (Dtype::I32, vec![8], entry.2.clone());
         let err = load(&dtype).unwrap_err();
         assert!(matches!(&err, TextError::TensorDtype { key, .. } if key == "embeddings.LayerNorm.bias"), "{err}");
 
@@ -383,6 +431,49 @@ mod tests {
         let d = pooled.len() / b;
         let per_seq = seqs.iter().enumerate().map(|(k, s)| hidden[k * n * d..(k * n + s.len()) * d].to_vec()).collect();
         (per_seq, pooled.chunks(d).map(<[f32]>::to_vec).collect())
+    }
+
+    #[test]
+    fn a_packed_checkpoint_is_f16_and_keeps_the_kept_tokens() {
+        let tensors = checkpoint(&tiny());
+        let keep: BTreeSet<u32> = [0, 2, 3, 5, 7].into();
+        let packed = pack_f16(&serialize(&tensors), &keep, Path::new("tiny")).expect("a complete checkpoint packs");
+        let file = SafeTensors::deserialize(&packed).expect("the packed bytes are safetensors");
+        let mut names = file.names();
+        names.sort();
+        assert!(file.tensors().iter().all(|(_, v)| v.dtype() == Dtype::F16));
+        assert!(!names.iter().any(|n| KNOWN_UNUSED.contains(n)), "{names:?}");
+        assert_eq!(names.len(), tensors.len() - KNOWN_UNUSED.len());
+
+        // The word table: kept rows rounded to f16, the others zero.
+        let original = f32s(&tensors["embeddings.word_embeddings.weight"].2);
+        let word = file.tensor("embeddings.word_embeddings.weight").expect("packed");
+        let word = floats(word.dtype(), word.data()).expect("f16");
+        for (id, (row, orig)) in word.chunks(8).zip(original.chunks(8)).enumerate() {
+            for (v, o) in row.iter().zip(orig) {
+                let want = if keep.contains(&(id as u32)) { f16::from_f32(*o).to_f32() } else { 0.0 };
+                assert_eq!(*v, want, "row {id}");
+            }
+        }
+
+        // It loads (the loader takes f16) and computes what the original does on kept ids, to
+        // f16 precision, and something else where a token was dropped.
+        let (full, _) = load(&tensors).expect("a complete checkpoint loads");
+        let (small, unused) =
+            load_safetensors_bytes(tiny().init::<B>(&Default::default()), &packed, Path::new("packed"))
+                .expect("the packed checkpoint loads");
+        assert!(unused.is_empty(), "{unused:?}");
+        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let kept = vec![vec![2, 5, 7, 3], vec![2, 7, 7, 5, 3]];
+        let ((h_full, p_full), (h_small, p_small)) = (run(&full, &kept), run(&small, &kept));
+        for k in 0..kept.len() {
+            assert!(diff(&h_full[k], &h_small[k]) < 2e-2, "hidden states of {:?}", kept[k]);
+            assert!(diff(&p_full[k], &p_small[k]) < 5e-3, "pooled embedding of {:?}", kept[k]);
+        }
+        let dropped = vec![vec![2, 5, 9, 3]];
+        let (_, p_full) = run(&full, &dropped);
+        let (_, p_small) = run(&small, &dropped);
+        assert!(diff(&p_full[0], &p_small[0]) > 5e-2, "token 9 was dropped, so its sequence changes");
     }
 
     #[test]

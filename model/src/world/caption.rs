@@ -232,6 +232,16 @@ const TEMPLATES: &[P] = &[
     ("{weather} weather, {scenery}, {time}; {camera}", H),
 ];
 
+/// Every piece of text that captions of either split are made of: each template with its
+/// slots blanked, and each slot phrase. A caption's word pieces are those of its pieces, since
+/// every slot stands between spaces, punctuation or the ends of the template, where the
+/// tokenizer splits words anyway (checked by a test here and, with the real tokenizer, in
+/// `tests/text_minilm.rs`).
+pub fn caption_pieces() -> Vec<String> {
+    let templates = TEMPLATES.iter().map(|(t, _)| SLOTS.iter().fold(t.to_string(), |t, s| t.replace(s.token(), " ")));
+    templates.chain(slot_phrases().into_iter().map(|p| p.phrase.to_string())).collect()
+}
+
 /// Attribute combinations (time, weather, scenery) reserved for evaluation: training never
 /// draws them, in any phrasing or camera motion. 12 of the 120, every time of day three
 /// times, every weather and scenery at least twice.
@@ -519,6 +529,24 @@ pub fn parse(text: &str) -> PartialAttributes {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn every_slot_stands_where_words_split() {
+        for (template, _) in TEMPLATES {
+            for slot in SLOTS {
+                for (at, _) in template.match_indices(slot.token()) {
+                    let before = template[..at].chars().next_back();
+                    let after = template[at + slot.token().len()..].chars().next();
+                    for c in [before, after].into_iter().flatten() {
+                        assert!(!c.is_alphanumeric(), "{template:?}: {} touches {c:?}", slot.token());
+                    }
+                }
+            }
+        }
+        let pieces = caption_pieces();
+        assert_eq!(pieces.len(), TEMPLATES.len() + slot_phrases().len());
+        assert!(pieces.iter().all(|p| !p.contains('{')), "{pieces:?}");
+    }
 
     fn all_attributes() -> impl Iterator<Item = Attributes> {
         TimeOfDay::ALL.iter().flat_map(|&time| {

@@ -13,7 +13,8 @@ mod timeline;
 
 pub use attributes::{Attributes, Blend, Camera, PAN_SPEED, PartialAttributes, Scenery, TimeOfDay, Weather};
 pub use caption::{
-    HELD_OUT_COMBINATIONS, Phrasing, SlotPhrase, Split, is_held_out_combination, parse, slot_phrases, split_of,
+    HELD_OUT_COMBINATIONS, Phrasing, SlotPhrase, Split, caption_pieces, is_held_out_combination, parse, slot_phrases,
+    split_of,
 };
 pub use clip::{Clip, ClipOptions, ClipSampler};
 pub use noise::{hash as noise_hash, hash_f64 as noise_uniform};

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Trains the gpu tier (models/gpu: 256², the tiny VAE and the medium denoiser) in one call of a
+# lent GPU machine, which has CUDA but no Rust, no network and a 64 MiB working tree, and lends
+# a session 15 minutes of device time: one ~9-minute command, so everything it needs is made
+# here first and it checkpoints by time, not by step count. Three verbs:
+#
+#   bash scripts/gpu-tier.sh prepare   # here: builds endless-model --features cuda, packs it and
+#                                      # the text encoder into .device/ (git-ignored), ~40 MB
+#   bash scripts/gpu-tier.sh train     # there: run it through the device tool from the repo
+#                                      # root with carry [".device"]; writes into $OUT
+#   bash scripts/gpu-tier.sh land DIR  # here: DIR is what came back from $OUT; assembles the
+#                                      # exported pipeline in models/gpu
+#
+# `train` trains the VAE from scratch for VAE_SECONDS, then the denoiser on it for
+# DEN_SECONDS (`--time-limit`: each stops after the first step past its limit, with a
+# checkpoint), exports both in f16, streams 20 s of video with the export (its speed, and a
+# contact sheet) and writes to $OUT what the machine can send back (at most 8 files of at most
+# 16 MB): vae.safetensors, the denoiser in parts of 15 MB, meta.tar.gz (the configs,
+# pipeline.json, the sheet, both runs' loss.csv) and log.txt. Everything is an environment
+# setting, so that a dry run on the CPU exercises the same path in a minute:
+#
+#   DEVICE=cpu SIZE=64x64 VAE_SECONDS=20 DEN_SECONDS=20 BIN=$CARGO_TARGET_DIR/release/endless-model \
+#     ENDLESS_MINILM_DIR=~/.cache/endless/minilm OUT=/tmp/gpu-out bash scripts/gpu-tier.sh train
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+verb="${1:-}"
+carry=.device
+
+case "$verb" in
+prepare)
+  target="${CARGO_TARGET_DIR_CUDA:-$HOME/.cache/endless/target-cuda}"
+  CARGO_TARGET_DIR="$target" cargo build --release -p endless-model --bin endless-model --features cuda
+  mkdir -p "$carry"
+  grep -qx "/$carry/" .git/info/exclude 2>/dev/null || echo "/$carry/" >>.git/info/exclude
+  strip -o "$carry/endless-model" "$target/release/endless-model"
+  gzip -9f "$carry/endless-model"
+  rm -rf "$carry/minilm" && "$target/release/endless-model" pack-text --out "$carry/minilm"
+  tar -C "$carry" -czf "$carry/minilm.tar.gz" minilm && rm -rf "$carry/minilm"
+  ls -l "$carry"
+  tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+  carried=$(du -cb "$carry"/* | tail -1 | cut -f1)
+  echo "working tree $((tree / 1000000)) MB + $carry $((carried / 1000000)) MB (the limit is 67 MB)"
+  ;;
+
+train)
+  out="${OUT:?OUT is where the device tool collects what comes back}"
+  device="${DEVICE:-cuda}"
+  size="${SIZE:-256x256}"
+  vae_seconds="${VAE_SECONDS:-180}"
+  den_seconds="${DEN_SECONDS:-270}"
+  PROMPT="${PROMPT:-a snowy dawn over the ocean, panning left}"
+  runs="${RUNS:-runs/gpu}"
+  log="$out/log.txt"
+  mkdir -p "$out" "$runs"
+  if [ -z "${BIN:-}" ]; then
+    gzip -dc "$carry/endless-model.gz" >"$runs/endless-model" && chmod +x "$runs/endless-model"
+    BIN="$runs/endless-model"
+  fi
+  if [ -z "${ENDLESS_MINILM_DIR:-}" ]; then
+    tar -C "$runs" -xzf "$carry/minilm.tar.gz"
+    export ENDLESS_MINILM_DIR="$runs/minilm"
+  fi
+  { date -u; nvidia-smi 2>&1 || true; } >"$log"
+  step() { # name, command...: runs it with its output in the log, timing it
+    local name=$1 started=$SECONDS status=0
+    shift
+    echo "== $name: $*" >>"$log"
+    "$@" >>"$log" 2>&1 || status=$?
+    echo "== $name: exit $status after $((SECONDS - started)) s" >>"$log"
+    return "$status"
+  }
+  finish() { # whatever there is goes back, also after a failure
+    local status=$?
+    local meta=()
+    for f in "$runs/tier/vae.json" "$runs/tier/denoiser.json" "$runs/tier/pipeline.json" \
+      "$runs/tier/sheet.png" "$runs/vae/loss.csv" "$runs/denoiser/loss.csv"; do
+      [ -f "$f" ] && meta+=("${f#"$runs"/}")
+    done
+    [ ${#meta[@]} -gt 0 ] && tar -C "$runs" -czf "$out/meta.tar.gz" "${meta[@]}"
+    [ -f "$runs/tier/vae.safetensors" ] && cp "$runs/tier/vae.safetensors" "$out/"
+    [ -f "$runs/tier/denoiser.safetensors" ] &&
+      split -b 15000000 -d "$runs/tier/denoiser.safetensors" "$out/denoiser.safetensors.part"
+    echo "== done: exit $status, $SECONDS s in all" >>"$log"
+    ls -l "$out" >>"$log"
+  }
+  trap finish EXIT
+  export RUST_LOG="${RUST_LOG:-info}"
+  step vae "$BIN" train-vae --preset tiny --norm-groups 0 --depth-to-time --size "$size" --frames 13 \
+    --batch "${VAE_BATCH:-8}" --steps 1000000 --lr 1e-3 --warmup 100 --checkpoint-every 250 \
+    --log-every 25 --time-limit "$vae_seconds" --device "$device" --out "$runs/vae"
+  step denoiser "$BIN" train --preset medium --vae "$runs/vae/vae-ema.safetensors" --size "$size" \
+    --batch "${BATCH:-16}" --steps 1000000 --lr 3e-4 --warmup 100 --text-noise 2 \
+    --checkpoint-every 250 --log-every 25 --time-limit "$den_seconds" --device "$device" \
+    --out "$runs/denoiser"
+  step export "$BIN" export --model "$runs/denoiser" --out "$runs/tier"
+  # How fast the tier streams there: 20 s of video at the service's 4 steps (the first chunk
+  # pays for compiling the kernels), and what it shows.
+  step sample timeout 60 "$BIN" sample --model "$runs/tier" --prompt "$PROMPT" --seconds 20 \
+    --steps 4 --device "$device" --contact-sheet "$runs/tier/sheet.png"
+  ;;
+
+land)
+  from="${2:?land DIR: the folder the device tool brought back}"
+  to=models/gpu
+  mkdir -p "$to"
+  tar -C "$from" -xzf "$from/meta.tar.gz" -O tier/vae.json >"$to/vae.json"
+  tar -C "$from" -xzf "$from/meta.tar.gz" -O tier/denoiser.json >"$to/denoiser.json"
+  tar -C "$from" -xzf "$from/meta.tar.gz" -O tier/pipeline.json >"$to/pipeline.json"
+  cp "$from/vae.safetensors" "$to/"
+  cat "$from"/denoiser.safetensors.part* >"$to/denoiser.safetensors"
+  ls -l "$to"
+  ;;
+
+*)
+  echo "usage: $0 prepare | train | land DIR" >&2
+  exit 2
+  ;;
+esac
