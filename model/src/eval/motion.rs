@@ -76,6 +76,50 @@ pub fn horizontal_shift(a: &[u8], b: &[u8], width: usize, height: usize) -> f64 
     best as f64 + offset
 }
 
+/// The horizontal shift (in columns of the grid, positive: the picture moved right) that best
+/// maps the lower 30 % of the rows of `a` onto those of `b` in the least-squares sense, over
+/// every channel: both are `[channels][height][width]`, row-major; searched over ±width/8 in
+/// steps of a twentieth of a column, with linear interpolation. Phase correlation
+/// ([`horizontal_shift`]) weights every frequency alike; this weights them by their energy, so
+/// it reads the drift of a smooth picture, a blurred reconstruction's, and works on a latent's
+/// grid as well as on pixels. NaN when the grid is too narrow (under 4 columns).
+pub fn least_squares_shift(a: &[f32], b: &[f32], channels: usize, height: usize, width: usize) -> f64 {
+    assert_eq!(a.len(), channels * height * width, "a is [channels][height][width]");
+    assert_eq!(a.len(), b.len(), "two grids of one shape");
+    let reach = (width / 8).max(1);
+    let steps = 20 * reach as i64;
+    let (from, columns) = (height * 7 / 10, reach + 1..width.saturating_sub(reach + 1));
+    if columns.is_empty() {
+        return f64::NAN; // too narrow to shift at all
+    }
+    let error = |s: f64| -> f64 {
+        let mut sum = 0.0;
+        for c in 0..channels {
+            for y in from..height {
+                let row = (c * height + y) * width;
+                for x in columns.clone() {
+                    // b(x) ≈ a(x − s)
+                    let p = x as f64 - s;
+                    let (i, f) = (p.floor() as usize, p - p.floor());
+                    let v = a[row + i] as f64 * (1.0 - f) + a[row + i + 1] as f64 * f;
+                    sum += (b[row + x] as f64 - v).powi(2);
+                }
+            }
+        }
+        sum
+    };
+    (-steps..=steps)
+        .map(|k| k as f64 / 20.0)
+        .map(|s| (s, error(s)))
+        .fold((0.0, f64::MAX), |b, v| if v.1 < b.1 { v } else { b })
+        .0
+}
+
+/// The luma of an RGB8 frame, `[1][height][width]`, for [`least_squares_shift`].
+pub fn luma(rgb: &[u8]) -> Vec<f32> {
+    rgb.chunks_exact(3).map(|p| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32).collect()
+}
+
 /// The camera velocity (screen heights per second, the world's convention: negative pans
 /// left) that the median shift between consecutive frames implies.
 pub fn camera_velocity(frames: &[Vec<u8>], width: usize, height: usize, fps: f64) -> f64 {
@@ -110,6 +154,24 @@ mod tests {
             let got = horizontal_shift(&frame(0.0), &frame(d), w, h);
             assert!((got - d).abs() < 0.35, "shift {d}: measured {got}");
         }
+    }
+
+    #[test]
+    fn least_squares_reads_a_smooth_shift_under_a_still_pattern() {
+        let (w, h) = (64, 20);
+        // A smooth picture that moves by d, plus a faint pattern of an 8-pixel grid that stays.
+        let frame = |d: f64| -> Vec<f32> {
+            (0..h)
+                .flat_map(|_| (0..w).map(move |x| x as f64))
+                .map(|x| (60.0 * (0.15 * (x - d)).sin() + 3.0 * (x * std::f64::consts::FRAC_PI_4).cos()) as f32)
+                .collect()
+        };
+        for d in [-4.0, -1.25, 0.0, 2.5, 6.0] {
+            let got = least_squares_shift(&frame(0.0), &frame(d), 1, h, w);
+            assert!((got - d).abs() <= 0.1, "shift {d}: measured {got}");
+        }
+        assert!(least_squares_shift(&[0.0; 6], &[0.0; 6], 1, 2, 3).is_nan());
+        assert_eq!(luma(&[10, 10, 10, 0, 255, 0]), [10.0, 0.587 * 255.0]);
     }
 
     #[test]

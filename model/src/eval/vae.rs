@@ -3,10 +3,10 @@
 
 use crate::data::{video_frames, video_tensor};
 use crate::eval::generation::{boundary_jump, mean};
-use crate::eval::motion::{camera_of, camera_velocity};
+use crate::eval::motion::{camera_of, camera_velocity, least_squares_shift, luma};
 use crate::media::{Size, contact_sheet};
 use crate::vae::Vae;
-use crate::world::{ClipOptions, ClipSampler, Split, Weather};
+use crate::world::{Camera, ClipOptions, ClipSampler, Split, Weather};
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 
@@ -33,6 +33,18 @@ pub struct VaeReport {
     pub camera_agreement: f64,
     /// Mean |velocity of the reconstruction − velocity of the clip| (screen heights per second).
     pub camera_speed_error: f64,
+    /// How much of the camera's pan the latent carries: over clips that pan throughout, the sum
+    /// of the latent's shifts from one latent frame to the next (least squares over its lower
+    /// rows and every channel, times the spatial factor) ÷ the sum of the shifts the camera
+    /// makes of the nearest land over the same frames. 1: all of it; 0: none; negative: the
+    /// wrong way; NaN: no clip panned.
+    pub pan_in_latent: f64,
+    /// The same ratio for the clips' own luma, read the same way (about 1: the measure's check).
+    pub pan_in_clips: f64,
+    /// The same ratio for the reconstruction's luma (least squares too, which reads a blurred
+    /// picture's drift). With [`VaeReport::pan_in_latent`] it says whether the encoder or the
+    /// decoder loses the pan.
+    pub pan_in_reconstruction: f64,
     /// The reconstructions' mean frame difference where one latent frame's frames end and the
     /// next's begin ÷ within a latent frame's, mean over clips (1: no seam; the clips' own
     /// ratio is [`VaeReport::latent_jump_real`]). A decoder that moves the picture at latent
@@ -72,6 +84,7 @@ pub fn evaluate_vae<B: Backend>(
     // Latent frame j ≥ 1 decodes to frames 4j − 3 ..= 4j: a new one begins at frames 1, 5, 9, …
     let latent_starts: Vec<usize> = (1..t).step_by(vae.temporal_factor).collect();
     let (mut jumps, mut jumps_real) = (Vec::new(), Vec::new());
+    let (mut pan_expected, mut pan_real, mut pan_latent, mut pan_recon) = (0.0, 0.0, 0.0, 0.0);
     let mut sheet = None;
     let mut done = 0;
     while done < clips {
@@ -80,7 +93,35 @@ pub fn evaluate_vae<B: Backend>(
         clip_weather.extend(sampled.iter().map(|c| c.labels()[0].weather));
         let real: Vec<Vec<Vec<u8>>> = sampled.iter().map(|c| c.render(true)).collect();
         let (mean, _) = vae.encode(video_tensor::<B>(&real, w, h, device));
+        let [_, c, lt, lh, lw] = mean.dims();
+        let latents: Vec<f32> = mean.clone().into_data().convert::<f32>().into_vec().expect("f32 latents");
         let recon = video_frames(vae.decode(mean));
+        for (i, clip) in sampled.iter().enumerate() {
+            let camera = clip.labels()[0].camera;
+            if camera == Camera::Still || clip.labels().iter().any(|l| l.camera != camera) || lt < 3 {
+                continue;
+            }
+            // Latent frames k and k + 1 (k ≥ 1) stand for frames 4k − 3 ..= 4k and the next four:
+            // their last frames are 4k and 4k + 4 apart by one latent step.
+            let f = vae.temporal_factor;
+            let frame = |k: usize| k * f;
+            let plane = |k: usize| -> Vec<f32> {
+                (0..c)
+                    .flat_map(|ch| {
+                        let at = ((i * c + ch) * lt + k) * lh * lw;
+                        latents[at..at + lh * lw].iter().copied()
+                    })
+                    .collect()
+            };
+            // The nearest land pans at the camera's speed; the picture moves against the camera.
+            let expected = -camera.velocity() * h as f64 / options.fps * f as f64;
+            for k in 1..lt - 1 {
+                pan_expected += expected;
+                pan_real += least_squares_shift(&luma(&real[i][frame(k)]), &luma(&real[i][frame(k + 1)]), 1, h, w);
+                pan_latent += least_squares_shift(&plane(k), &plane(k + 1), c, lh, lw) * (w / lw) as f64;
+                pan_recon += least_squares_shift(&luma(&recon[i][frame(k)]), &luma(&recon[i][frame(k + 1)]), 1, h, w);
+            }
+        }
         for (a, b) in real.iter().zip(&recon) {
             let per_frame: Vec<f64> = a.iter().zip(b).map(|(x, y)| mse_u8(x, y)).collect();
             for (acc, m) in frame_mse.iter_mut().zip(&per_frame) {
@@ -118,6 +159,9 @@ pub fn evaluate_vae<B: Backend>(
             .collect(),
         camera_agreement: camera_agree as f64 / clips as f64,
         camera_speed_error: camera_error,
+        pan_in_clips: pan_real / pan_expected,
+        pan_in_latent: pan_latent / pan_expected,
+        pan_in_reconstruction: pan_recon / pan_expected,
         latent_jump: mean(&jumps),
         latent_jump_real: mean(&jumps_real),
     };

@@ -80,6 +80,12 @@ fn eval_vae_on<B: Backend>(device: &B::Device, args: &EvalVaeArgs) -> Result<()>
         report.camera_speed_error
     );
     println!(
+        "the pan (least squares, clips that pan throughout): {:.0} % of it in the clips, {:.0} % in the latent, {:.0} % in the reconstruction",
+        100.0 * report.pan_in_clips,
+        100.0 * report.pan_in_latent,
+        100.0 * report.pan_in_reconstruction
+    );
+    println!(
         "seams at latent-frame boundaries: the reconstructions jump {:.2}× (the clips {:.2}×)",
         report.latent_jump, report.latent_jump_real
     );
