@@ -34,9 +34,9 @@ pub struct VaeReport {
     /// Mean |velocity of the reconstruction − velocity of the clip| (screen heights per second).
     pub camera_speed_error: f64,
     /// How much of the camera's pan the latent carries: over clips that pan throughout, the sum
-    /// of the latent's shifts from one latent frame to the next (least squares over its lower
-    /// rows and every channel, times the spatial factor) ÷ the sum of the shifts the camera
-    /// makes of the nearest land over the same frames. 1: all of it; 0: none; negative: the
+    /// of the latent's shifts from one latent frame to the next along the pan's direction
+    /// (least squares over its lower rows and every channel, times the spatial factor) ÷ the
+    /// sum of the shifts the camera makes of the nearest land over the same frames. 1: all of it; 0: none; negative: the
     /// wrong way; NaN: no clip panned.
     pub pan_in_latent: f64,
     /// The same ratio for the clips' own luma, read the same way (about 1: the measure's check).
@@ -115,11 +115,15 @@ pub fn evaluate_vae<B: Backend>(
             };
             // The nearest land pans at the camera's speed; the picture moves against the camera.
             let expected = -camera.velocity() * h as f64 / options.fps * f as f64;
+            // Shifts count along the pan's direction, so that left and right pans add up.
+            let along = expected.signum();
             for k in 1..lt - 1 {
-                pan_expected += expected;
-                pan_real += least_squares_shift(&luma(&real[i][frame(k)]), &luma(&real[i][frame(k + 1)]), 1, h, w);
-                pan_latent += least_squares_shift(&plane(k), &plane(k + 1), c, lh, lw) * (w / lw) as f64;
-                pan_recon += least_squares_shift(&luma(&recon[i][frame(k)]), &luma(&recon[i][frame(k + 1)]), 1, h, w);
+                pan_expected += expected.abs();
+                pan_real +=
+                    along * least_squares_shift(&luma(&real[i][frame(k)]), &luma(&real[i][frame(k + 1)]), 1, h, w);
+                pan_latent += along * least_squares_shift(&plane(k), &plane(k + 1), c, lh, lw) * (w / lw) as f64;
+                pan_recon +=
+                    along * least_squares_shift(&luma(&recon[i][frame(k)]), &luma(&recon[i][frame(k + 1)]), 1, h, w);
             }
         }
         for (a, b) in real.iter().zip(&recon) {
@@ -182,6 +186,27 @@ mod tests {
         let mse = mse_u8(&[0, 100, 255], &[1, 101, 254]);
         assert_eq!(mse, 1.0);
         assert!((psnr(mse) - 48.1308).abs() < 1e-3);
+    }
+
+    /// The pan is read along each clip's own direction: left and right pans add up, and the
+    /// clips themselves read as carrying most of it.
+    #[test]
+    fn the_clips_carry_their_pan_both_ways() {
+        let device = Default::default();
+        let vae = VaeConfig::cpu().init::<Flex>(&device);
+        let o = ClipOptions { width: 64, height: 64, frames: 9, transition_probability: 0.0, ..ClipOptions::default() };
+        // A set with as many pans to the left as to the right: signed sums would cancel.
+        let clips = 6;
+        let count = |seed: u64, camera: Camera| {
+            let mut sampler = ClipSampler::new(Split::HeldOut, seed);
+            (0..clips).filter(|_| sampler.next_clip(&o).labels()[0].camera == camera).count()
+        };
+        let seed = (0..)
+            .find(|&s| count(s, Camera::PanLeft) > 0 && count(s, Camera::PanLeft) == count(s, Camera::PanRight))
+            .expect("some seed balances the pans");
+        let (report, _) = evaluate_vae(&vae, &o, clips, 4, seed, &device);
+        assert!((0.6..1.2).contains(&report.pan_in_clips), "{report:?}");
+        assert!(report.pan_in_latent.is_finite() && report.pan_in_reconstruction.is_finite(), "{report:?}");
     }
 
     #[test]
