@@ -165,6 +165,55 @@ fn decoder_only_fine_tuning_keeps_the_encoder() {
     }
 }
 
+/// The adversarial term: a critic is trained and checkpointed beside the decoder, the term
+/// changes the decoder's training, a resumed run (critic and its optimiser included) equals a
+/// straight one, and the term needs a decoder-only run.
+#[test]
+fn adversarial_fine_tuning_resumes_bit_for_bit() {
+    use endless_model::train::Adversarial;
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let base = dir("adv-base");
+    train_vae::<B>(&TrainVaeOptions { steps: 3, ..options(base.clone()) }, &device).unwrap();
+    let adversarial = Some(Adversarial { weight: 0.5, critic_start: 1, critic_lr_scale: 4.0 });
+    let tuned = |out: PathBuf, steps: usize, resume: bool, adversarial: Option<Adversarial>| TrainVaeOptions {
+        steps,
+        resume,
+        adversarial,
+        image_fraction: 0.0,
+        init_from: Some(base.join("vae-ema.safetensors")),
+        decoder_only: true,
+        ..options(out)
+    };
+    let straight = dir("adv-straight");
+    let a = train_vae::<B>(&tuned(straight.clone(), 4, false, adversarial), &device).unwrap();
+    let split = dir("adv-split");
+    train_vae::<B>(&tuned(split.clone(), 2, false, adversarial), &device).unwrap();
+    let b = train_vae::<B>(&tuned(split.clone(), 4, true, adversarial), &device).unwrap();
+    assert_eq!(a.rows[2..], b.rows[..], "the resumed steps see the same batches and losses");
+    for f in ["vae.safetensors", "vae-ema.safetensors", "critic.safetensors"] {
+        let d = max_weight_diff(&straight.join(f), &split.join(f));
+        assert!(d <= 1e-6, "{f}: resumed weights differ by {d}");
+    }
+    let info = checkpoint::read_info(&straight.join("vae.safetensors")).unwrap();
+    assert_eq!(info.meta["adversarial_weight"], 0.5);
+
+    // Without the term the same batches train another decoder (step 0 is the critic's alone).
+    let plain = dir("adv-plain");
+    let c = train_vae::<B>(&tuned(plain.clone(), 4, false, None), &device).unwrap();
+    assert_eq!(a.rows[..2], c.rows[..2], "the same batches and decoder until the term starts");
+    assert_ne!(a.rows[2..], c.rows[2..], "the term changes the decoder's training");
+    assert!(!plain.join("critic.safetensors").exists());
+    let other = TrainVaeOptions { resume: true, steps: 5, ..tuned(plain.clone(), 5, true, adversarial) };
+    assert!(train_vae::<B>(&other, &device).is_err(), "a run keeps its term when resumed");
+    let end_to_end =
+        TrainVaeOptions { decoder_only: false, init_from: None, ..tuned(dir("adv-e2e"), 2, false, adversarial) };
+    assert!(train_vae::<B>(&end_to_end, &device).is_err(), "the term is for decoder-only runs");
+    for d in [base, straight, split, plain] {
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
+
 /// The decoder fine-tuned on the latents a pipeline's denoiser makes of the clips: the batches
 /// decode from them (the losses differ from those of the same run on the encoder's latents),
 /// the encoder stays bit for bit, and a VAE whose encoder is not the pipeline's is refused.

@@ -3,6 +3,7 @@
 //! they share ([`common`]), and the loss plot ([`plot`]).
 
 pub mod common;
+pub mod critic;
 pub mod denoiser;
 pub mod distill;
 pub mod evaluator;
@@ -14,4 +15,4 @@ pub use denoiser::{TrainDenoiserOptions, micro_options, micro_pipeline, micro_va
 pub use distill::{Agreement, DistillFrom, agreement};
 pub use evaluator::{AccuracyReport, Confusion, TrainEvaluatorOptions, accuracy, load_evaluator, train_evaluator};
 pub use plot::{LossRow, Series, read_loss_csv, write_loss_csv, write_loss_plot, write_series_plot};
-pub use vae::{DenoisedLatents, RenderedBatch, TrainSummary, TrainVaeOptions, train_vae};
+pub use vae::{Adversarial, DenoisedLatents, RenderedBatch, TrainSummary, TrainVaeOptions, train_vae};

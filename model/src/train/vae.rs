@@ -31,6 +31,7 @@
 //! the EMA is on, `loss.csv` and `loss.png`.
 
 use super::common::{Feeder, LrSchedule, Optim, Optimisation, ema_update, load_optim, param_ids, save_optim};
+use super::critic::{Critic, CriticConfig, adversarial_gradient, hinge};
 use super::plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
 use crate::checkpoint::{self, Precision};
 use crate::data::video_tensor;
@@ -98,6 +99,9 @@ pub struct TrainVaeOptions {
     /// fresh decoder, of `config`'s shape; with `init_from` alone, its decoder grown from the
     /// repeat it has, starting from the same output. A resumed run keeps its checkpoint's.
     pub depth_to_time: bool,
+    /// An adversarial term for the decoder (needs `decoder_only`): a critic trained beside it
+    /// ([`super::critic`]); `None`: the reconstruction loss alone.
+    pub adversarial: Option<Adversarial>,
     /// Checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_every: usize,
     /// A progress line on stderr every this many steps; 0: none.
@@ -105,6 +109,18 @@ pub struct TrainVaeOptions {
     /// Stop (with a checkpoint) after the first step that ends past this much wall-clock time,
     /// for training in legs of fixed length; `None`: run to `steps`.
     pub time_limit: Option<Duration>,
+}
+
+/// The adversarial term of a decoder-only run ([`super::critic`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adversarial {
+    /// Norm of the term's gradient on the reconstruction, as a multiple of the L1 term's.
+    pub weight: f64,
+    /// Steps at the start in which the critic trains alone (the decoder gets no term yet).
+    pub critic_start: usize,
+    /// The critic's learning rate as a multiple of the decoder's: it starts from nothing
+    /// while the decoder is trained.
+    pub critic_lr_scale: f64,
 }
 
 /// Where a decoder-only run gets denoised latents, and how it makes them.
@@ -246,6 +262,7 @@ impl TrainVaeOptions {
             init_from: None,
             decoder_only: false,
             denoised: None,
+            adversarial: None,
             motion_weight: None,
             fresh_decoder: false,
             depth_to_time: false,
@@ -325,6 +342,17 @@ impl TrainVaeOptions {
         {
             bail!("--motion-weight {w} must be a finite weight of 0 or more");
         }
+        if let Some(a) = &self.adversarial {
+            if !self.decoder_only {
+                bail!("the adversarial term fine-tunes the decoder alone: add --decoder-only");
+            }
+            if !(a.weight.is_finite() && a.weight > 0.0) {
+                bail!("--adversarial-weight {} must be a finite weight above 0", a.weight);
+            }
+            if !(a.critic_lr_scale.is_finite() && a.critic_lr_scale > 0.0) {
+                bail!("--critic-lr-scale {} must be a finite multiple above 0", a.critic_lr_scale);
+            }
+        }
         if let Some(d) = &self.denoised {
             if !self.decoder_only {
                 bail!("decoding denoised latents trains the decoder alone: add --decoder-only");
@@ -368,9 +396,46 @@ struct Run<B: AutodiffBackend> {
     model: Vae<B>,
     optim: Optim<Vae<B>, B>,
     ema: Option<Vae<B::InnerBackend>>,
+    critic: Option<CriticRun<B>>,
     step: usize,
     samples_seen: u64,
     rows: Vec<LossRow>,
+}
+
+/// The critic of an adversarial run and its optimiser.
+struct CriticRun<B: AutodiffBackend> {
+    config: CriticConfig,
+    model: Critic<B>,
+    optim: Optim<Critic<B>, B>,
+}
+
+impl<B: AutodiffBackend> CriticRun<B> {
+    const FILE: &str = "critic.safetensors";
+
+    /// A fresh critic (from the run's seed), or the checkpoint's when resuming.
+    fn start(o: &TrainVaeOptions, resuming: bool, device: &B::Device) -> Result<Option<CriticRun<B>>> {
+        if o.adversarial.is_none() {
+            return Ok(None);
+        }
+        let config = CriticConfig::new();
+        let optim = o.optim.adamw().init::<B, Critic<B>>();
+        let path = o.out.join(Self::FILE);
+        if resuming {
+            let model = checkpoint::load(config.init(device), &path, device)?;
+            let optim = load_optim(optim, &model, &o.out.join("critic-optim.bin"), device)?;
+            return Ok(Some(CriticRun { config, model, optim }));
+        }
+        B::seed(device, noise_hash(o.seed, -1, 11));
+        let model = config.init(device);
+        param_ids(&model);
+        Ok(Some(CriticRun { config, model, optim }))
+    }
+
+    fn save(&self, o: &TrainVaeOptions, meta: &serde_json::Value) -> Result<()> {
+        save_optim(&self.optim, &self.model, &o.out.join("critic-optim"))?;
+        checkpoint::save(&self.model, &self.config, meta, &o.out.join(Self::FILE), Precision::F32)?;
+        Ok(())
+    }
 }
 
 impl<B: AutodiffBackend> Run<B> {
@@ -432,7 +497,8 @@ impl<B: AutodiffBackend> Run<B> {
             };
             let ema = o.optim.ema_decay.map(|_| model.valid());
             let optim = adamw.init::<B, Vae<B>>();
-            return Ok(Run { config, model, optim, ema, step: 0, samples_seen: 0, rows: Vec::new() });
+            let critic = CriticRun::start(o, false, device)?;
+            return Ok(Run { config, model, optim, ema, critic, step: 0, samples_seen: 0, rows: Vec::new() });
         }
         let info = checkpoint::read_info(&ckpt)?;
         let config: VaeConfig = checkpoint::read_config(&ckpt)?;
@@ -461,6 +527,14 @@ impl<B: AutodiffBackend> Run<B> {
         if o.depth_to_time && config.depth_to_time != Some(true) {
             bail!("{} up-samples time by repeat; a resumed run keeps it (no --depth-to-time)", ckpt.display());
         }
+        let adversarial = info.meta.get("adversarial_weight").and_then(|w| w.as_f64());
+        if adversarial != o.adversarial.map(|a| a.weight) {
+            bail!(
+                "{} was trained with adversarial weight {adversarial:?}; a resumed run keeps it (not {:?})",
+                ckpt.display(),
+                o.adversarial.map(|a| a.weight)
+            );
+        }
         if let Some(blocks) = &o.config.decoder_blocks
             && *blocks != config.decoder_block_counts()
         {
@@ -481,8 +555,9 @@ impl<B: AutodiffBackend> Run<B> {
         let csv = o.out.join("loss.csv");
         let mut rows = if csv.exists() { read_loss_csv(&csv)? } else { Vec::new() };
         rows.retain(|r| r.step < step);
+        let critic = CriticRun::start(o, true, device)?;
         eprintln!("resuming {} at step {step} ({samples_seen} samples seen)", ckpt.display());
-        Ok(Run { config, model, optim, ema, step, samples_seen, rows })
+        Ok(Run { config, model, optim, ema, critic, step, samples_seen, rows })
     }
 
     fn save(&self, o: &TrainVaeOptions) -> Result<()> {
@@ -498,6 +573,14 @@ impl<B: AutodiffBackend> Run<B> {
         }
         if let Some(d) = &o.denoised {
             meta["denoised_by"] = d.pipeline.display().to_string().into();
+        }
+        if let Some(a) = &o.adversarial {
+            meta["adversarial_weight"] = a.weight.into();
+            meta["critic_start"] = a.critic_start.into();
+            meta["critic_lr_scale"] = a.critic_lr_scale.into();
+        }
+        if let Some(critic) = &self.critic {
+            critic.save(o, &meta)?;
         }
         save_optim(&self.optim, &self.model, &o.out.join("optim"))?;
         if let Some(ema) = &self.ema {
@@ -579,7 +662,9 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
             (Some(d), Some(captions)) if t > 1 => d.o.first_step_of(o.seed, step).map(|first| (d, captions, first)),
             _ => None,
         };
-        let loss = match &frozen {
+        let lr = o.optim.lr_at(step, o.steps);
+        let mut critic_line = String::new();
+        let (loss, objective) = match &frozen {
             Some(frozen) => {
                 let (mean, logvar) = frozen.encode(video.clone().inner());
                 let out = match denoised {
@@ -590,12 +675,43 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
                     }
                     None => run.model.decode_posterior(Tensor::from_inner(mean), Tensor::from_inner(logvar)),
                 };
-                run.model.loss_of(out, video)
+                let reconstruction = out.reconstruction.clone();
+                let loss = run.model.loss_of(out, video.clone());
+                let mut objective = loss.total.clone();
+                // Clips only: the critic judges frames with their changes.
+                if let (Some(a), true) = (o.adversarial, t > 1)
+                    && let Some(critic) = run.critic.take()
+                {
+                    let fake = reconstruction.clone().inner();
+                    let mut lambda = 0.0;
+                    if step >= a.critic_start {
+                        // The term's gradient through the surrogate λ·Σ x̂ ⊙ g (critic.rs).
+                        let (g, l) = adversarial_gradient(&critic.model, fake.clone(), a.weight);
+                        lambda = l;
+                        objective = objective + (reconstruction * Tensor::from_inner(g)).sum().mul_scalar(lambda);
+                    }
+                    let (d_loss, real_logit, fake_logit) = hinge(
+                        critic.model.forward(Tensor::from_inner(video.clone().inner())),
+                        critic.model.forward(Tensor::from_inner(fake)),
+                    );
+                    critic_line = format!(
+                        ", critic {:.3} (real {real_logit:+.2}, fake {fake_logit:+.2}), λ {lambda:.2e}",
+                        d_loss.clone().into_scalar().elem::<f64>()
+                    );
+                    let grads = GradientsParams::from_grads(d_loss.backward(), &critic.model);
+                    let CriticRun { config, model, mut optim } = critic;
+                    let model = optim.step(lr * a.critic_lr_scale, model, grads);
+                    run.critic = Some(CriticRun { config, model, optim });
+                }
+                (loss, objective)
             }
-            None => run.model.loss(video),
+            None => {
+                let loss = run.model.loss(video);
+                let objective = loss.total.clone();
+                (loss, objective)
+            }
         };
-        let grads = GradientsParams::from_grads(loss.total.backward(), &run.model);
-        let lr = o.optim.lr_at(step, o.steps);
+        let grads = GradientsParams::from_grads(objective.backward(), &run.model);
         run.model = run.optim.step(lr, run.model, grads);
         if let (Some(decay), Some(e)) = (o.optim.ema_decay_at(step), run.ema.take()) {
             let mut ema = ema_update(e, &run.model.valid(), decay);
@@ -622,7 +738,7 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
         if o.log_every > 0 && (step.is_multiple_of(o.log_every) || step == o.steps) {
             let rate = window_samples as f64 / window_started.elapsed().as_secs_f64();
             eprintln!(
-                "step {step}/{} loss {:.5} (recon {:.5}, kl {:.3}) {rate:.2} samples/s lr {lr:.2e} [{t} frame{}{}{}]",
+                "step {step}/{} loss {:.5} (recon {:.5}, kl {:.3}{critic_line}) {rate:.2} samples/s lr {lr:.2e} [{t} frame{}{}{}]",
                 o.steps,
                 row.loss,
                 row.recon,

@@ -235,6 +235,17 @@ struct TrainVaeArgs {
     /// The denoiser's text guidance.
     #[arg(long, default_value_t = 8.0)]
     denoised_guidance: f64,
+    /// With --decoder-only: an adversarial term, from a patch critic trained beside the decoder
+    /// on frames and their changes; its gradient on the reconstruction has this many times the
+    /// norm of the L1 term's (off unless set).
+    #[arg(long)]
+    adversarial_weight: Option<f64>,
+    /// Steps at the start in which the critic trains alone, before the decoder gets the term.
+    #[arg(long, default_value_t = 100)]
+    critic_start: usize,
+    /// The critic's learning rate as a multiple of the decoder's.
+    #[arg(long, default_value_t = 4.0)]
+    critic_lr_scale: f64,
     /// all-MiniLM-L6-v2 folder for --denoised-by (default: $ENDLESS_MINILM_DIR, else
     /// ~/.cache/endless/minilm).
     #[arg(long)]
@@ -346,6 +357,9 @@ fn run(cli: Cli) -> Result<()> {
                 denoised_steps,
                 denoised_context,
                 denoised_guidance,
+                adversarial_weight,
+                critic_start,
+                critic_lr_scale,
                 text,
                 run,
                 device,
@@ -413,6 +427,11 @@ fn run(cli: Cli) -> Result<()> {
                 init_from,
                 decoder_only,
                 denoised,
+                adversarial: adversarial_weight.map(|weight| endless_model::train::Adversarial {
+                    weight,
+                    critic_start,
+                    critic_lr_scale,
+                }),
                 fresh_decoder,
                 motion_weight,
                 depth_to_time,
