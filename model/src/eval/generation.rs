@@ -8,7 +8,7 @@
 
 use super::classifier::{Evaluator, HEADS, Reading, label_indices};
 use super::frechet::frechet_distance;
-use super::motion::camera_velocity;
+use super::motion::{camera_velocity, pan_along};
 use crate::data::{video_frames, video_tensor};
 use crate::pipeline::{ChunkRequest, Pipeline, SamplerSettings};
 use crate::rolling::{ContextLayout, RollingContext};
@@ -273,6 +273,12 @@ pub struct ClipMetrics {
     pub camera_direction: f64,
     /// Mean |measured − prompted| camera speed, screen heights per second.
     pub camera_speed_error: f64,
+    /// Share of the prompted pan that the panning clips' frames move by, read by least
+    /// squares between frames half a second apart along the pan's direction (1: all of it,
+    /// 0: none, negative: the wrong way). Phase correlation reads a blurred picture as still,
+    /// so [`ClipMetrics::camera_direction`] says nothing of a pan too faint to be called one;
+    /// this says how much of it there is. NaN without panning clips.
+    pub pan_share: f64,
     /// Per clip, in order, the adherence of each attribute (time, weather, scenery: fractions
     /// of frames; camera: 1 when the pan has the prompt's direction): which prompts fail.
     pub per_clip: Vec<[f64; 4]>,
@@ -338,6 +344,8 @@ fn clip_metrics<B: Backend>(
 ) -> (ClipMetrics, Vec<Vec<f32>>) {
     let (w, h, fps) = size;
     let (mut adh, mut jumps, mut dirs, mut speed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut moved, mut expected) = (0.0, 0.0);
+    let step = (fps / 2.0).round().max(1.0) as usize;
     let mut features = Vec::new();
     for (frames, boundaries, want) in clips {
         let readings = read_frames(evaluator, frames, w, h, 480, device);
@@ -347,6 +355,8 @@ fn clip_metrics<B: Backend>(
         let v = camera_velocity(frames, w, h, fps);
         dirs.push((Camera::from_velocity(v) == want.camera) as u8 as f64);
         speed.push((v - want.camera.velocity()).abs());
+        let (m, e) = pan_along(frames, (0..frames.len()).step_by(step), step, want.camera, size);
+        (moved, expected) = (moved + m, expected + e);
     }
     // The camera is read off the pixels (phase correlation): the evaluator's camera head is at
     // chance on held-out clips (docs/MODEL_CARD.md).
@@ -358,6 +368,7 @@ fn clip_metrics<B: Backend>(
         boundary_jump: mean(&jumps),
         camera_direction: mean(&dirs),
         camera_speed_error: mean(&speed),
+        pan_share: moved / expected,
         per_clip: adh.iter().zip(&dirs).map(|(a, &d)| [a[0], a[1], a[2], d]).collect(),
     };
     (metrics, features)

@@ -115,6 +115,34 @@ pub fn least_squares_shift(a: &[f32], b: &[f32], channels: usize, height: usize,
         .0
 }
 
+/// How far `frames` move along `camera`'s pan, by [`least_squares_shift`] between frame `i`
+/// and frame `i + step` for each `i` of `starts`: (the shifts, counted along the pan's
+/// direction so that left and right pans add up, against the shifts the nearest land makes in
+/// that time), both in pixels summed over the pairs. The ratio of the sums over a set of clips
+/// is the share of the pan it carries; a still camera adds nothing to either.
+pub fn pan_along(
+    frames: &[Vec<u8>],
+    starts: impl IntoIterator<Item = usize>,
+    step: usize,
+    camera: Camera,
+    (width, height, fps): (usize, usize, f64),
+) -> (f64, f64) {
+    // The nearest land pans at the camera's speed; the picture moves against the camera.
+    let expected = -camera.velocity() * height as f64 / fps * step as f64;
+    if expected == 0.0 {
+        return (0.0, 0.0);
+    }
+    let along = expected.signum();
+    starts
+        .into_iter()
+        .filter(|&i| i + step < frames.len())
+        .map(|i| {
+            let moved = least_squares_shift(&luma(&frames[i]), &luma(&frames[i + step]), 1, height, width);
+            (along * moved, expected.abs())
+        })
+        .fold((0.0, 0.0), |(m, e), (a, b)| (m + a, e + b))
+}
+
 /// The luma of an RGB8 frame, `[1][height][width]`, for [`least_squares_shift`].
 pub fn luma(rgb: &[u8]) -> Vec<f32> {
     rgb.chunks_exact(3).map(|p| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32).collect()
@@ -172,6 +200,32 @@ mod tests {
         }
         assert!(least_squares_shift(&[0.0; 6], &[0.0; 6], 1, 2, 3).is_nan());
         assert_eq!(luma(&[10, 10, 10, 0, 255, 0]), [10.0, 0.587 * 255.0]);
+    }
+
+    /// World clips carry most of their pan both ways, a frozen one none of it, and a still
+    /// camera adds nothing to either sum.
+    #[test]
+    fn pan_along_reads_the_share_of_the_pan() {
+        let o = ClipOptions { width: 96, height: 96, fps: 8.0, frames: 13, transition_probability: 0.0 };
+        let mut sampler = ClipSampler::new(Split::Train, 11);
+        let (mut moved, mut expected, mut directions) = (0.0, 0.0, [false; 2]);
+        while !(directions[0] && directions[1]) {
+            let clip = sampler.next_clip(&o);
+            let camera = clip.labels()[0].camera;
+            let frames = clip.render(true);
+            let (m, e) = pan_along(&frames, (0..13).step_by(4), 4, camera, (96, 96, 8.0));
+            if camera == Camera::Still {
+                assert_eq!((m, e), (0.0, 0.0));
+                continue;
+            }
+            directions[(camera == Camera::PanRight) as usize] = true;
+            // Three pairs of frames 4 apart, each expected to move 0.15 · 96 / 8 · 4 = 7.2 px.
+            assert!((e - 3.0 * 7.2).abs() < 1e-9, "{e}");
+            (moved, expected) = (moved + m, expected + e);
+            let frozen = vec![frames[0].clone(); 13];
+            assert_eq!(pan_along(&frozen, (0..13).step_by(4), 4, camera, (96, 96, 8.0)), (0.0, e));
+        }
+        assert!((0.5..1.2).contains(&(moved / expected)), "{moved} of {expected}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::data::{video_frames, video_tensor};
 use crate::eval::generation::{boundary_jump, mean};
-use crate::eval::motion::{camera_of, camera_velocity, least_squares_shift, luma};
+use crate::eval::motion::{camera_of, camera_velocity, least_squares_shift, pan_along};
 use crate::media::{Size, contact_sheet};
 use crate::vae::Vae;
 use crate::world::{Camera, ClipOptions, ClipSampler, Split, Weather};
@@ -113,17 +113,15 @@ pub fn evaluate_vae<B: Backend>(
                     })
                     .collect()
             };
-            // The nearest land pans at the camera's speed; the picture moves against the camera.
-            let expected = -camera.velocity() * h as f64 / options.fps * f as f64;
-            // Shifts count along the pan's direction, so that left and right pans add up.
-            let along = expected.signum();
+            let shape = (w, h, options.fps);
+            let (moved, expected) = pan_along(&real[i], (1..lt - 1).map(frame), f, camera, shape);
+            pan_expected += expected;
+            pan_real += moved;
+            pan_recon += pan_along(&recon[i], (1..lt - 1).map(frame), f, camera, shape).0;
+            // The latent's grid, in pixels, counted the same way.
+            let along = -camera.velocity().signum();
             for k in 1..lt - 1 {
-                pan_expected += expected.abs();
-                pan_real +=
-                    along * least_squares_shift(&luma(&real[i][frame(k)]), &luma(&real[i][frame(k + 1)]), 1, h, w);
                 pan_latent += along * least_squares_shift(&plane(k), &plane(k + 1), c, lh, lw) * (w / lw) as f64;
-                pan_recon +=
-                    along * least_squares_shift(&luma(&recon[i][frame(k)]), &luma(&recon[i][frame(k + 1)]), 1, h, w);
             }
         }
         for (a, b) in real.iter().zip(&recon) {

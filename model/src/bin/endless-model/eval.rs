@@ -356,15 +356,15 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
         reports.push((name.clone(), report));
     }
     println!(
-        "| mode | adherence (VAE ceiling) | FWD (real vs real; VAE) | boundary jump (real) | camera direction | camera speed error | switch s | drift: adherence, FWD change | × real time |"
+        "| mode | adherence (VAE ceiling) | FWD (real vs real; VAE) | boundary jump (real) | camera direction | camera speed error | pan share (real; VAE) | switch s | drift: adherence, FWD change | × real time |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (name, r) in &reports {
         let change = |k: &str| {
             r.drift_change.iter().find(|(n, _)| n == k).map_or("–".into(), |(_, v)| format!("{:+.0} %", 100.0 * v))
         };
         println!(
-            "| {name} | {:.1} % ({:.1} %) | {:.2} ({:.2}; {:.2}) | {:.2} ({:.2}) | {:.0} % | {:.3} | {} | {}, {} | {:.2} |",
+            "| {name} | {:.1} % ({:.1} %) | {:.2} ({:.2}; {:.2}) | {:.2} ({:.2}) | {:.0} % | {:.3} | {:.0} % ({:.0} %; {:.0} %) | {} | {}, {} | {:.2} |",
             100.0 * r.generated.adherence_mean,
             100.0 * r.reconstructed.adherence_mean,
             r.fwd,
@@ -374,6 +374,9 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
             r.real.boundary_jump,
             100.0 * r.generated.camera_direction,
             r.generated.camera_speed_error,
+            100.0 * r.generated.pan_share,
+            100.0 * r.real.pan_share,
+            100.0 * r.reconstructed.pan_share,
             r.switch_seconds_mean.map_or("none".into(), |s| format!("{s:.2}")),
             change("adherence"),
             change("fwd"),
@@ -402,6 +405,8 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
                 "adherence_reconstructed": r.reconstructed.adherence, "fwd_reconstructed": r.fwd_reconstructed,
                 "boundary_jump": r.generated.boundary_jump, "boundary_jump_real": r.real.boundary_jump,
                 "camera_direction": r.generated.camera_direction, "camera_speed_error": r.generated.camera_speed_error,
+                "pan_share": r.generated.pan_share, "pan_share_real": r.real.pan_share,
+                "pan_share_reconstructed": r.reconstructed.pan_share,
                 "switch_seconds_mean": r.switch_seconds_mean, "drift_change": r.drift_change,
                 "realtime_factor": r.realtime_factor,
             })
