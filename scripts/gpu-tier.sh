@@ -11,9 +11,11 @@
 #   bash scripts/gpu-tier.sh land DIR  # here: DIR is what came back from $OUT; assembles the
 #                                      # exported pipeline in models/gpu
 #
-# `train` trains the VAE from scratch for VAE_SECONDS, then the denoiser on it for
-# DEN_SECONDS (`--time-limit`: each stops after the first step past its limit, with a
-# checkpoint), exports both in f16, streams 20 s of video with the export (its speed, and a
+# `train` trains the VAE from scratch for VAE_SECONDS, measures it against the cpu tier's VAE
+# (`models/cpu`, which runs at any size) on the same held-out clips at the tier's size and keeps
+# the better, so that a run whose VAE learns too little in its time still trains a denoiser on
+# a working one; then trains the denoiser on it for DEN_SECONDS (`--time-limit`: each stops
+# after the first step past its limit, with a checkpoint), exports both in f16, streams 20 s of video with the export (its speed, and a
 # contact sheet) and writes to $OUT what the machine can send back (at most 8 files of at most
 # 16 MB): vae.safetensors, the denoiser in parts of 15 MB, meta.tar.gz (the configs,
 # pipeline.json, the sheet, both runs' loss.csv) and log.txt. Everything is an environment
@@ -74,7 +76,8 @@ train)
     local status=$?
     local meta=()
     for f in "$runs/tier/vae.json" "$runs/tier/denoiser.json" "$runs/tier/pipeline.json" \
-      "$runs/tier/sheet.png" "$runs/vae/loss.csv" "$runs/denoiser/loss.csv"; do
+      "$runs/tier/sheet.png" "$runs/vae/loss.csv" "$runs/denoiser/loss.csv" \
+      "$runs/vae-trained.json" "$runs/vae-cpu.json"; do
       [ -f "$f" ] && meta+=("${f#"$runs"/}")
     done
     [ ${#meta[@]} -gt 0 ] && tar -C "$runs" -czf "$out/meta.tar.gz" "${meta[@]}"
@@ -86,10 +89,25 @@ train)
   }
   trap finish EXIT
   export RUST_LOG="${RUST_LOG:-info}"
+  # A failed VAE run leaves the choice to the cpu tier's VAE rather than ending the call.
   step vae "$BIN" train-vae --preset tiny --norm-groups 0 --depth-to-time --size "$size" --frames 13 \
     --batch "${VAE_BATCH:-8}" --steps 1000000 --lr 1e-3 --warmup 100 --checkpoint-every 250 \
-    --log-every 25 --time-limit "$vae_seconds" --device "$device" --out "$runs/vae"
-  step denoiser "$BIN" train --preset medium --vae "$runs/vae/vae-ema.safetensors" --size "$size" \
+    --log-every 25 --time-limit "$vae_seconds" --device "$device" --out "$runs/vae" || true
+  psnr() { # checkpoint, name: its held-out PSNR at the tier's size in dB; 0 when it has none
+    local json="$runs/vae-$2.json"
+    [ -f "$1" ] && step "eval-vae $2" "$BIN" eval-vae --vae "$1" --size "$size" --frames 13 \
+      --clips "${VAE_EVAL_CLIPS:-16}" --json "$json" --device "$device" >&2 || true
+    python3 -c 'import json, math, sys; v = json.load(open(sys.argv[1]))["psnr_mean"]; print(v if math.isfinite(v) else 0)' \
+      "$json" 2>/dev/null || echo 0
+  }
+  vae="$runs/vae/vae-ema.safetensors"
+  trained=$(psnr "$vae" trained)
+  shipped=$(psnr models/cpu/vae.safetensors cpu)
+  if ! awk -v a="$trained" -v b="$shipped" 'BEGIN { exit !(a >= b) }'; then
+    vae=models/cpu/vae.safetensors
+  fi
+  echo "== the denoiser's VAE: $vae (trained $trained dB, cpu tier's $shipped dB)" >>"$log"
+  step denoiser "$BIN" train --preset medium --vae "$vae" --size "$size" \
     --batch "${BATCH:-16}" --steps 1000000 --lr 3e-4 --warmup 100 --text-noise 2 \
     --checkpoint-every 250 --log-every 25 --time-limit "$den_seconds" --device "$device" \
     --out "$runs/denoiser"
