@@ -144,6 +144,10 @@ pub struct TrainArgs {
     /// pooled embedding), this many times the vector's RMS; 0 turns it off.
     #[arg(long, default_value_t = 0.0)]
     text_noise: f64,
+    /// Weight of a motion term added to the loss: the MSE of the error's changes from one
+    /// latent frame to the next; 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    motion_weight: f64,
     /// Chance that a batch trains with self-conditioning.
     #[arg(long, default_value_t = 0.5)]
     self_condition: f64,
@@ -215,6 +219,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         max_anchor_distance: args.max_anchor_distance,
         text_dropout: args.text_dropout,
         text_noise: args.text_noise,
+        motion_weight: args.motion_weight,
         self_condition: args.self_condition,
         seed: args.run.seed,
         resume: args.run.resume,
