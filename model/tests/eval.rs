@@ -6,7 +6,7 @@ use burn::backend::Flex;
 use endless_model::diffusion::Guidance;
 use endless_model::eval::{EvaluatorConfig, GenerationEvalOptions, Streams, evaluate_generation, held_out_cases};
 use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings};
-use endless_model::rolling::ContextLayout;
+use endless_model::rolling::{ContextLayout, RollingContext};
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::micro_pipeline;
 use endless_model::world::Split;
@@ -44,6 +44,20 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
         assert!(worst <= Some(1), "stream {i}: batched and alone differ by {worst:?}");
     }
 
+    // A stream primed with the latents of another's first chunk makes that one's second chunk:
+    // its context, its decoder's state, its chunk count and so its noise are the same.
+    let first = pipeline.generate(
+        &[RollingContext::new(ContextLayout::recent(1)).request(starts[0].0, 0, starts[0].1.clone())],
+        &conditioned,
+    );
+    let mut unprimed = Streams::new(&pipeline, conditioned, ContextLayout::recent(1), vec![starts[0].clone()]);
+    unprimed.next_chunk();
+    let second = unprimed.next_chunk().remove(0);
+    let mut primed = Streams::new(&pipeline, conditioned, ContextLayout::recent(1), vec![starts[0].clone()]);
+    primed.prime(0, first[0].clone());
+    assert_eq!(primed.next_chunk().remove(0), second);
+    assert_eq!(primed.position(0), (8, &[0][..]), "frames count from the end of the given latents");
+
     // With anchors (the micro pipeline trains with them): two latents of context, one an
     // anchor once the stream has one, so still 4·1 = 4 frames per chunk after the first; the
     // anchors are per stream, so batching still changes nothing.
@@ -71,9 +85,15 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
             seed: 1,
             split: Split::HeldOut,
             phrasing: Split::HeldOut,
+            continued: mode == ExtendMode::Replacement,
         };
         let r = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &o, &device);
         assert_eq!((r.cases.len(), r.drift.len(), r.switches.len()), (2, 1, 2));
+        assert_eq!(r.continued.is_some(), o.continued);
+        if let Some(c) = &r.continued {
+            assert_eq!(c.per_clip.len(), 2);
+            assert!(c.adherence.iter().all(|(_, a)| (0.0..=1.0).contains(a)) && c.boundary_jump.is_finite());
+        }
         let adherence =
             r.generated.adherence.iter().chain(&r.real.adherence).chain(&r.reconstructed.adherence).map(|(_, a)| *a);
         assert!(adherence.into_iter().all(|a| (0.0..=1.0).contains(&a)));

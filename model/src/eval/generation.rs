@@ -18,6 +18,7 @@ use crate::world::{
     Attributes, Camera, Clip, HELD_OUT_COMBINATIONS, Phrasing, Scenery, Split, TimeOfDay, Timeline, Weather, World,
     noise_hash,
 };
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use std::sync::Arc;
@@ -121,6 +122,17 @@ impl<'a, B: Backend> Streams<'a, B> {
         s.text = text;
         s.rolling.set_prompt_epoch(s.rolling.prompt_epoch() + 1);
         s.frames
+    }
+
+    /// Starts stream `i`, before its first chunk, from the normalised latents `[c, n, h, w]` of
+    /// real video: its context holds them and its decoder has decoded them (their frames are
+    /// not returned), so what it makes next continues that video. Frames count from there.
+    pub fn prime(&mut self, i: usize, latents: Tensor<B, 4>) {
+        let s = &mut self.streams[i];
+        assert_eq!(s.chunk, 0, "a stream is primed before its first chunk");
+        self.pipeline.decode_stream(latents.clone().unsqueeze_dim(0), &mut s.decoder);
+        s.rolling.push(latents);
+        s.chunk = 1;
     }
 
     /// Frames generated so far by stream `i`, and its chunk boundaries.
@@ -258,6 +270,10 @@ pub struct GenerationEvalOptions {
     pub split: Split,
     /// …in the words of this split.
     pub phrasing: Split,
+    /// Also continue world clips: every case's stream starts from the latents of a world clip
+    /// of its attributes (as many latent frames as the context holds) and is measured on what
+    /// it makes after them ([`GenerationReport::continued`]).
+    pub continued: bool,
 }
 
 /// Metrics over a set of clips, generated or real.
@@ -318,6 +334,10 @@ pub struct GenerationReport {
     /// The same world clips encoded and decoded by the pipeline's VAE: the most the denoiser
     /// can reach through this VAE.
     pub reconstructed: ClipMetrics,
+    /// The same metrics on streams that continue world clips of the same attributes (only what
+    /// they make after the clip's latents): whether the denoiser carries on what a real video
+    /// does, such as its pan, apart from whether it starts it. `None` unless asked for.
+    pub continued: Option<ClipMetrics>,
     /// Fréchet distance of the evaluator's per-frame features, generated against real.
     pub fwd: f64,
     /// The same between two independent real sets.
@@ -439,6 +459,29 @@ pub fn evaluate_generation<B: Backend>(
     let fwd_real_vs_real = frechet_distance(&real_features_2, &real_features);
     let fwd_reconstructed = frechet_distance(&rec_features, &real_features);
 
+    // Continuations of world clips: the first 1 + 4(k − 1) frames, k the context's latent
+    // frames, encoded, then `frames` more generated.
+    let continued = o.continued.then(|| {
+        let context = o.layout.fit(spec.window, spec.anchors).frames.max(1);
+        let given = 1 + (context - 1) * pipeline.temporal_factor();
+        let mut clips = Vec::new();
+        for group in cases.chunks(o.batch.max(1)) {
+            let starts = group.iter().map(|c| (c.seed, embed(&c.prompt))).collect();
+            let mut streams = Streams::new(pipeline, o.settings, o.layout, starts);
+            for (i, c) in group.iter().enumerate() {
+                let clip = real_clip(c.attributes, noise_hash(c.seed, 4, 3), w, h, fps, given).render(true);
+                streams.prime(i, pipeline.encode(video_tensor::<B>(&[clip], w, h, device)).squeeze_dim(0));
+            }
+            let made = streams.run(frames);
+            generated_frames += made.len() * frames;
+            for (i, (clip, case)) in made.into_iter().zip(group).enumerate() {
+                let boundaries = streams.position(i).1.iter().copied().filter(|&b| b > 0 && b < frames).collect();
+                clips.push((clip, boundaries, case.attributes));
+            }
+        }
+        clip_metrics(evaluator, &clips, size, device).0
+    });
+
     // Drift: one stream of the first case, measured minute by minute.
     let mut drift = Vec::new();
     if o.drift_minutes > 0.0 && !cases.is_empty() {
@@ -547,6 +590,7 @@ pub fn evaluate_generation<B: Backend>(
         generated: gen_metrics,
         real: real_metrics,
         reconstructed: rec_metrics,
+        continued,
         fwd,
         fwd_real_vs_real,
         fwd_reconstructed,

@@ -262,6 +262,10 @@ pub struct EvalArgs {
     /// The words of the prompts: "held-out" or "train" (default: --split's).
     #[arg(long, value_parser = parse_split)]
     phrasing: Option<Split>,
+    /// Also continue world clips: each case's stream starts from the latents of a world clip of
+    /// its attributes, and what it makes after them is measured (a row of its own).
+    #[arg(long)]
+    continued: bool,
     /// Length of the one continuous stream measured minute by minute (0: none).
     #[arg(long, default_value_t = 1.0)]
     drift_minutes: f64,
@@ -347,6 +351,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
             seed: args.seed,
             split: args.split,
             phrasing: args.phrasing.unwrap_or(args.split),
+            continued: args.continued,
         };
         eprintln!("measuring mode {name}…");
         let report = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &options, device);
@@ -382,6 +387,18 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
             change("fwd"),
             r.realtime_factor
         );
+    }
+    for (name, r) in &reports {
+        if let Some(c) = &r.continued {
+            let per: Vec<String> = c.adherence.iter().map(|(_, a)| format!("{:.0}", 100.0 * a)).collect();
+            println!(
+                "{name}, continuing world clips: adherence {:.1} % ({}), boundary jump {:.2}, pan share {:.0} %",
+                100.0 * c.adherence_mean,
+                per.join(" / "),
+                c.boundary_jump,
+                100.0 * c.pan_share
+            );
+        }
     }
     let colours = [[20, 60, 160], [220, 110, 20], [30, 150, 60], [160, 30, 140]];
     let plot = |file: &str, f: &dyn Fn(&endless_model::eval::generation::MinuteMetrics) -> f64| -> Result<()> {
