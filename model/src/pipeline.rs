@@ -436,10 +436,29 @@ impl<B: Backend> Pipeline<B> {
         settings: &SamplerSettings,
         start: Option<&SdeditStart<B>>,
     ) -> Vec<Tensor<B, 4>> {
+        self.sample_window(requests, settings, start, self.spec.window)
+    }
+
+    /// One latent frame, a still image, for every request (which must have no context or
+    /// anchors), as the denoiser learnt from its image batches: `[c, 1, h, w]` each.
+    ///
+    /// # Panics
+    /// If a request has context or anchors.
+    pub fn generate_image(&self, requests: &[ChunkRequest<B>], settings: &SamplerSettings) -> Vec<Tensor<B, 4>> {
+        self.sample_window(requests, settings, None, 1)
+    }
+
+    /// [`Pipeline::generate_from`] for a window of `t` latent frames.
+    fn sample_window(
+        &self,
+        requests: &[ChunkRequest<B>],
+        settings: &SamplerSettings,
+        start: Option<&SdeditStart<B>>,
+        t: usize,
+    ) -> Vec<Tensor<B, 4>> {
         let settings = &SamplerSettings { guidance: self.guidance(settings), ..*settings };
         let device = self.denoiser.patch_embedding.weight.device();
         let [c, h, w] = self.latent_frame();
-        let t = self.spec.window;
         let b = requests.len();
         if b == 0 {
             return Vec::new();

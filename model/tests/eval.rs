@@ -58,6 +58,13 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
     assert_eq!(primed.next_chunk().remove(0), second);
     assert_eq!(primed.position(0), (8, &[0][..]), "frames count from the end of the given latents");
 
+    // Started from still images: each stream holds its one latent frame as context and goes on
+    // 4·2 = 8 frames a chunk.
+    let mut imaged = Streams::new(&pipeline, conditioned, ContextLayout::recent(1), starts.clone());
+    imaged.start_from_images();
+    let clips = imaged.run(16);
+    assert_eq!((clips[1].len(), imaged.position(1)), (16, (16, &[0, 8][..])));
+
     // With anchors (the micro pipeline trains with them): two latents of context, one an
     // anchor once the stream has one, so still 4·1 = 4 frames per chunk after the first; the
     // anchors are per stream, so batching still changes nothing.
@@ -86,6 +93,7 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
             split: Split::HeldOut,
             phrasing: Split::HeldOut,
             continued: mode == ExtendMode::Replacement,
+            image_first: mode != ExtendMode::Replacement,
         };
         let r = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &o, &device);
         assert_eq!((r.cases.len(), r.drift.len(), r.switches.len()), (2, 1, 2));

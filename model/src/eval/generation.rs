@@ -135,6 +135,17 @@ impl<'a, B: Backend> Streams<'a, B> {
         s.chunk = 1;
     }
 
+    /// Starts every stream, before its first chunk, from a still image the denoiser makes for
+    /// its prompt (one latent frame, [`Pipeline::generate_image`]), which the stream then
+    /// continues as it would a real video's first frame ([`Streams::prime`]).
+    pub fn start_from_images(&mut self) {
+        let requests: Vec<ChunkRequest<B>> =
+            self.streams.iter().map(|s| s.rolling.request(s.seed, s.chunk, s.text.clone())).collect();
+        for (i, image) in self.pipeline.generate_image(&requests, &self.settings).into_iter().enumerate() {
+            self.prime(i, image);
+        }
+    }
+
     /// Frames generated so far by stream `i`, and its chunk boundaries.
     pub fn position(&self, i: usize) -> (usize, &[usize]) {
         (self.streams[i].frames, &self.streams[i].boundaries)
@@ -274,6 +285,9 @@ pub struct GenerationEvalOptions {
     /// of its attributes (as many latent frames as the context holds) and is measured on what
     /// it makes after them ([`GenerationReport::continued`]).
     pub continued: bool,
+    /// Start every measured clip from a still image the denoiser makes first
+    /// ([`Streams::start_from_images`]) instead of from a whole window of noise.
+    pub image_first: bool,
 }
 
 /// Metrics over a set of clips, generated or real.
@@ -429,10 +443,14 @@ pub fn evaluate_generation<B: Backend>(
     for group in cases.chunks(o.batch.max(1)) {
         let starts = group.iter().map(|c| (c.seed, embed(&c.prompt))).collect();
         let mut streams = Streams::new(pipeline, o.settings, o.layout, starts);
+        if o.image_first {
+            streams.start_from_images();
+        }
         let clips = streams.run(frames);
         generated_frames += clips.len() * frames;
         for (i, (clip, case)) in clips.into_iter().zip(group).enumerate() {
-            let boundaries: Vec<usize> = streams.position(i).1.iter().copied().filter(|&b| b < frames).collect();
+            let boundaries: Vec<usize> =
+                streams.position(i).1.iter().copied().filter(|&b| b > 0 && b < frames).collect();
             generated.push((clip, boundaries, case.attributes));
         }
     }

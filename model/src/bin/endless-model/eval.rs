@@ -266,6 +266,10 @@ pub struct EvalArgs {
     /// its attributes, and what it makes after them is measured (a row of its own).
     #[arg(long)]
     continued: bool,
+    /// Start every generated clip from a still image the denoiser makes for its prompt (one
+    /// latent frame), continued as a video's first frame, instead of from a window of noise.
+    #[arg(long)]
+    image_first: bool,
     /// Length of the one continuous stream measured minute by minute (0: none).
     #[arg(long, default_value_t = 1.0)]
     drift_minutes: f64,
@@ -352,6 +356,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
             split: args.split,
             phrasing: args.phrasing.unwrap_or(args.split),
             continued: args.continued,
+            image_first: args.image_first,
         };
         eprintln!("measuring mode {name}…");
         let report = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &options, device);
