@@ -628,7 +628,54 @@ fn text_ceiling(dir: Option<PathBuf>) -> Result<()> {
     for (attribute, right, total) in tally {
         println!("| {attribute} | {right} of {total} |");
     }
+    whole_captions(&encoder);
     Ok(())
+}
+
+/// What a linear read-out of the pooled embedding of a whole caption can tell of each
+/// attribute, the path by which the denoiser's adaLN sees the prompt: the mean embedding of each
+/// value over 600 training captions, and the share of fresh captions, in training words and in
+/// held-out words, nearest to their own value's mean. Prints a table.
+fn whole_captions(encoder: &endless_model::text::TextEncoder<burn::backend::Flex>) {
+    use endless_model::world::{Camera, Scenery, TimeOfDay, Weather, noise_hash};
+    let draw = |split: Split, n: u64| {
+        let pick = |k: i64, count: usize| noise_hash(n, k, 93) as usize % count;
+        let a = Attributes {
+            time: TimeOfDay::from_index(pick(1, TimeOfDay::COUNT)),
+            weather: Weather::from_index(pick(2, Weather::COUNT)),
+            scenery: Scenery::from_index(pick(3, Scenery::COUNT)),
+            camera: Camera::from_index(pick(4, Camera::COUNT)),
+        };
+        let values = [a.time.index(), a.weather.index(), a.scenery.index(), a.camera.index()];
+        (values, encoder.embed(&Phrasing::sample(split, n).caption(&a)).pooled().to_vec())
+    };
+    let counts = [TimeOfDay::COUNT, Weather::COUNT, Scenery::COUNT, Camera::COUNT];
+    let training: Vec<_> = (0..600).map(|n| draw(Split::Train, n)).collect();
+    let dim = training[0].1.len();
+    // means[k][v]: the mean pooled embedding of attribute k's value v.
+    let means: Vec<Vec<Vec<f32>>> = (0..4)
+        .map(|k| {
+            (0..counts[k])
+                .map(|v| {
+                    let of: Vec<&Vec<f32>> = training.iter().filter(|t| t.0[k] == v).map(|t| &t.1).collect();
+                    (0..dim).map(|d| of.iter().map(|e| e[d]).sum::<f32>() / of.len().max(1) as f32).collect()
+                })
+                .collect()
+        })
+        .collect();
+    let nearest = |k: usize, e: &[f32]| -> usize {
+        let distance = |m: &Vec<f32>| m.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum::<f32>();
+        (0..counts[k]).min_by(|&a, &b| distance(&means[k][a]).total_cmp(&distance(&means[k][b]))).unwrap_or(0)
+    };
+    println!();
+    println!("| whole captions, nearest value mean of the pooled embedding | time | weather | scenery | camera |");
+    println!("|---|---|---|---|---|");
+    for (words, split) in [("training words", Split::Train), ("held-out words", Split::HeldOut)] {
+        let tests: Vec<_> = (10_000..10_300).map(|n| draw(split, n)).collect();
+        let share =
+            |k: usize| tests.iter().filter(|t| nearest(k, &t.1) == t.0[k]).count() as f64 / tests.len() as f64 * 100.0;
+        println!("| {words} (300) | {:.0} % | {:.0} % | {:.0} % | {:.0} % |", share(0), share(1), share(2), share(3));
+    }
 }
 
 fn pack_text(dir: Option<PathBuf>, out: &std::path::Path, check: usize) -> Result<()> {
