@@ -637,15 +637,9 @@ fn text_ceiling(dir: Option<PathBuf>) -> Result<()> {
 /// value over 600 training captions, and the share of fresh captions, in training words and in
 /// held-out words, nearest to their own value's mean. Prints a table.
 fn whole_captions(encoder: &endless_model::text::TextEncoder<burn::backend::Flex>) {
-    use endless_model::world::{Camera, Scenery, TimeOfDay, Weather, noise_hash};
+    use endless_model::world::{Camera, Scenery, TimeOfDay, Weather};
     let draw = |split: Split, n: u64| {
-        let pick = |k: i64, count: usize| noise_hash(n, k, 93) as usize % count;
-        let a = Attributes {
-            time: TimeOfDay::from_index(pick(1, TimeOfDay::COUNT)),
-            weather: Weather::from_index(pick(2, Weather::COUNT)),
-            scenery: Scenery::from_index(pick(3, Scenery::COUNT)),
-            camera: Camera::from_index(pick(4, Camera::COUNT)),
-        };
+        let a = drawn_attributes(n, 93);
         let values = [a.time.index(), a.weather.index(), a.scenery.index(), a.camera.index()];
         (values, encoder.embed(&Phrasing::sample(split, n).caption(&a)).pooled().to_vec())
     };
@@ -678,9 +672,22 @@ fn whole_captions(encoder: &endless_model::text::TextEncoder<burn::backend::Flex
     }
 }
 
+/// Attributes drawn uniformly, each of its own counter-based hash of `(n, stream)`: any
+/// combination, of either split.
+fn drawn_attributes(n: u64, stream: i64) -> Attributes {
+    use endless_model::world::{Camera, Scenery, TimeOfDay, Weather, noise_hash};
+    let pick = |k: i64, count: usize| noise_hash(n, k, stream) as usize % count;
+    Attributes {
+        time: TimeOfDay::from_index(pick(1, TimeOfDay::COUNT)),
+        weather: Weather::from_index(pick(2, Weather::COUNT)),
+        scenery: Scenery::from_index(pick(3, Scenery::COUNT)),
+        camera: Camera::from_index(pick(4, Camera::COUNT)),
+    }
+}
+
 fn pack_text(dir: Option<PathBuf>, out: &std::path::Path, check: usize) -> Result<()> {
     use endless_model::text::{TextEncoder, default_dir, pack_for_texts};
-    use endless_model::world::{Camera, Scenery, TimeOfDay, Weather, caption_pieces, noise_hash};
+    use endless_model::world::caption_pieces;
     let dir = dir.unwrap_or_else(default_dir);
     let pieces = caption_pieces();
     let packed = pack_for_texts(&dir, out, &pieces.iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -691,14 +698,7 @@ fn pack_text(dir: Option<PathBuf>, out: &std::path::Path, check: usize) -> Resul
     let (mut min_cosine, mut max_diff, mut unseen) = (1.0f32, 0.0f32, 0usize);
     for n in 0..check as u64 {
         let split = if n % 2 == 0 { Split::Train } else { Split::HeldOut };
-        let pick = |k: i64, count: usize| noise_hash(n, k, 91) as usize % count;
-        let attributes = Attributes {
-            time: TimeOfDay::from_index(pick(1, TimeOfDay::COUNT)),
-            weather: Weather::from_index(pick(2, Weather::COUNT)),
-            scenery: Scenery::from_index(pick(3, Scenery::COUNT)),
-            camera: Camera::from_index(pick(4, Camera::COUNT)),
-        };
-        let caption = Phrasing::sample(split, n).caption(&attributes);
+        let caption = Phrasing::sample(split, n).caption(&drawn_attributes(n, 91));
         unseen += full.tokenizer().encode(&caption).iter().any(|&id| Some(id) == unk) as usize;
         let (a, b) = (full.embed(&caption), small.embed(&caption));
         min_cosine = min_cosine.min(a.similarity(&b));
