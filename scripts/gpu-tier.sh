@@ -2,12 +2,14 @@
 # Trains the gpu tier (models/gpu: 256², the tiny VAE and the medium denoiser) in one call of a
 # lent GPU machine, which has CUDA but no Rust, no network and a 64 MiB working tree, and lends
 # a session 15 minutes of device time: one ~9-minute command, so everything it needs is made
-# here first and it checkpoints by time, not by step count. Three verbs:
+# here first and it checkpoints by time, not by step count. Four verbs:
 #
 #   bash scripts/gpu-tier.sh prepare   # here: builds endless-model --features cuda, packs it and
 #                                      # the text encoder into .device/ (git-ignored), ~40 MB
 #   bash scripts/gpu-tier.sh train     # there: run it through the device tool from the repo
 #                                      # root with carry [".device"]; writes into $OUT
+#   bash scripts/gpu-tier.sh smoke     # there, first, if the time allows: a minute that says
+#                                      # whether CUDA runs and how fast each model trains
 #   bash scripts/gpu-tier.sh land DIR  # here: DIR is what came back from $OUT; assembles the
 #                                      # exported pipeline in models/gpu
 #
@@ -28,6 +30,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 verb="${1:-}"
 carry=.device
+
+unpack() { # into folder $1: the binary and the text encoder that `prepare` packed, unless given
+  if [ -z "${BIN:-}" ]; then
+    gzip -dc "$carry/endless-model.gz" >"$1/endless-model" && chmod +x "$1/endless-model"
+    BIN="$1/endless-model"
+  fi
+  if [ -z "${ENDLESS_MINILM_DIR:-}" ]; then
+    tar -C "$1" -xzf "$carry/minilm.tar.gz"
+    export ENDLESS_MINILM_DIR="$1/minilm"
+  fi
+}
 
 case "$verb" in
 prepare)
@@ -55,14 +68,7 @@ train)
   runs="${RUNS:-runs/gpu}"
   log="$out/log.txt"
   mkdir -p "$out" "$runs"
-  if [ -z "${BIN:-}" ]; then
-    gzip -dc "$carry/endless-model.gz" >"$runs/endless-model" && chmod +x "$runs/endless-model"
-    BIN="$runs/endless-model"
-  fi
-  if [ -z "${ENDLESS_MINILM_DIR:-}" ]; then
-    tar -C "$runs" -xzf "$carry/minilm.tar.gz"
-    export ENDLESS_MINILM_DIR="$runs/minilm"
-  fi
+  unpack "$runs"
   { date -u; nvidia-smi 2>&1 || true; } >"$log"
   step() { # name, command...: runs it with its output in the log, timing it
     local name=$1 started=$SECONDS status=0
@@ -89,10 +95,12 @@ train)
   }
   trap finish EXIT
   export RUST_LOG="${RUST_LOG:-info}"
-  # A failed VAE run leaves the choice to the cpu tier's VAE rather than ending the call.
-  step vae "$BIN" train-vae --preset tiny --norm-groups 0 --depth-to-time --size "$size" --frames 13 \
-    --batch "${VAE_BATCH:-8}" --steps 1000000 --lr 1e-3 --warmup 100 --checkpoint-every 250 \
-    --log-every 25 --time-limit "$vae_seconds" --device "$device" --out "$runs/vae" || true
+  # A failed VAE run leaves the choice to the cpu tier's VAE rather than ending the call; with
+  # VAE_SECONDS=0 (when `smoke` says the VAE cannot learn enough in the call) it is that one.
+  [ "$vae_seconds" -gt 0 ] &&
+    step vae "$BIN" train-vae --preset tiny --norm-groups 0 --depth-to-time --size "$size" --frames 13 \
+      --batch "${VAE_BATCH:-8}" --steps 1000000 --lr 1e-3 --warmup 100 --checkpoint-every 250 \
+      --log-every 25 --time-limit "$vae_seconds" --device "$device" --out "$runs/vae" || true
   psnr() { # checkpoint, name: its held-out PSNR at the tier's size in dB; 0 when it has none
     local json="$runs/vae-$2.json"
     [ -f "$1" ] && step "eval-vae $2" "$BIN" eval-vae --vae "$1" --size "$size" --frames 13 \
@@ -101,7 +109,8 @@ train)
       "$json" 2>/dev/null || echo 0
   }
   vae="$runs/vae/vae-ema.safetensors"
-  trained=$(psnr "$vae" trained)
+  trained=0
+  [ "$vae_seconds" -gt 0 ] && trained=$(psnr "$vae" trained)
   shipped=$(psnr models/cpu/vae.safetensors cpu)
   if ! awk -v a="$trained" -v b="$shipped" 'BEGIN { exit !(a >= b) }'; then
     vae=models/cpu/vae.safetensors
@@ -118,6 +127,28 @@ train)
     --steps 4 --device "$device" --contact-sheet "$runs/tier/sheet.png"
   ;;
 
+smoke)
+  # A minute's look before `train`: does the CUDA build run here, and how many samples a second
+  # do the VAE and the denoiser train at the tier's size (the first steps pay for compiling the
+  # kernels, so the rate of the last logged step is the one to read)? That decides VAE_SECONDS
+  # and DEN_SECONDS.
+  size="${SIZE:-256x256}"
+  runs="${RUNS:-runs/smoke}"
+  mkdir -p "$runs"
+  unpack "$runs"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+  started=$SECONDS
+  timeout "${SMOKE_SECONDS:-40}" "$BIN" train-vae --preset tiny --norm-groups 0 --depth-to-time \
+    --size "$size" --frames 13 --batch "${VAE_BATCH:-8}" --steps 12 --lr 1e-3 --warmup 100 \
+    --checkpoint-every 1000 --log-every 2 --device "${DEVICE:-cuda}" --out "$runs/vae" || true
+  echo "== vae: $((SECONDS - started)) s"
+  started=$SECONDS
+  timeout "${SMOKE_SECONDS:-40}" "$BIN" train --preset medium --vae models/cpu/vae.safetensors \
+    --size "$size" --batch "${BATCH:-16}" --steps 12 --lr 3e-4 --warmup 100 --text-noise 2 \
+    --checkpoint-every 1000 --log-every 2 --device "${DEVICE:-cuda}" --out "$runs/denoiser" || true
+  echo "== denoiser: $((SECONDS - started)) s"
+  ;;
+
 land)
   from="${2:?land DIR: the folder the device tool brought back}"
   to=models/gpu
@@ -131,7 +162,7 @@ land)
   ;;
 
 *)
-  echo "usage: $0 prepare | train | land DIR" >&2
+  echo "usage: $0 prepare | smoke | train | land DIR" >&2
   exit 2
   ;;
 esac
