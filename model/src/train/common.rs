@@ -10,8 +10,10 @@ use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// How the learning rate goes after the warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,31 +176,79 @@ pub fn load_optim<B: AutodiffBackend, M: AutodiffModule<B>>(
 
 /// Prepares batches on a background thread, two ahead of the training step: `make(step)` must
 /// be a pure function of the step, so a resumed run sees the batches a straight one would.
+///
+/// It also counts whether it keeps up ([`Feeder::take_stats`]): on a GPU the data, rendered on
+/// the CPU, can be what limits a run, and the log has to say so.
 pub struct Feeder<T> {
     rx: Option<mpsc::Receiver<(usize, T)>>,
     thread: Option<JoinHandle<()>>,
+    /// Batches made and nanoseconds spent making them, by the thread.
+    made: Arc<(AtomicU64, AtomicU64)>,
+    /// What [`Feeder::take_stats`] last read of `made`, and the time `next` has waited since.
+    taken: (u64, u64),
+    waited: Duration,
+}
+
+/// How a [`Feeder`] kept up over a stretch of training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FeedStats {
+    /// Batches the thread finished in the stretch.
+    pub batches: u64,
+    /// Time the thread spent making them.
+    pub making: Duration,
+    /// Time the training loop spent waiting for a batch.
+    pub waited: Duration,
+}
+
+impl FeedStats {
+    /// For a log line: what a batch costs to make and the share of `elapsed` the loop waited.
+    pub fn describe(&self, elapsed: Duration) -> String {
+        let each = self.making.as_secs_f64() / self.batches.max(1) as f64;
+        let share = 100.0 * self.waited.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
+        format!("data {each:.2} s a batch, waited for {share:.0} % of the time")
+    }
 }
 
 impl<T: Send + 'static> Feeder<T> {
     pub fn start(steps: std::ops::Range<usize>, make: impl FnMut(usize) -> T + Send + 'static) -> Feeder<T> {
         let (tx, rx) = mpsc::sync_channel::<(usize, T)>(2);
         let mut make = make;
+        let made = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let counts = made.clone();
         let thread = std::thread::spawn(move || {
             for step in steps {
-                if tx.send((step, make(step))).is_err() {
+                let started = Instant::now();
+                let batch = make(step);
+                counts.1.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                counts.0.fetch_add(1, Ordering::Relaxed);
+                if tx.send((step, batch)).is_err() {
                     break;
                 }
             }
         });
-        Feeder { rx: Some(rx), thread: Some(thread) }
+        Feeder { rx: Some(rx), thread: Some(thread), made, taken: (0, 0), waited: Duration::ZERO }
     }
 
     /// The batch of `step` (batches come in order).
     pub fn next(&mut self, step: usize) -> Result<T> {
+        let started = Instant::now();
         let (s, batch) =
             self.rx.as_ref().expect("feeder open").recv().context("the batch feeder stopped (did it panic?)")?;
+        self.waited += started.elapsed();
         debug_assert_eq!(s, step);
         Ok(batch)
+    }
+
+    /// How it kept up since the last call (or the start).
+    pub fn take_stats(&mut self) -> FeedStats {
+        let now = (self.made.0.load(Ordering::Relaxed), self.made.1.load(Ordering::Relaxed));
+        let stats = FeedStats {
+            batches: now.0 - self.taken.0,
+            making: Duration::from_nanos(now.1 - self.taken.1),
+            waited: std::mem::take(&mut self.waited),
+        };
+        self.taken = now;
+        stats
     }
 
     /// Stops the thread and reports whether it panicked.
@@ -218,5 +268,46 @@ impl<T> Drop for Feeder<T> {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feeder_counts_who_waits_for_whom() {
+        let pause = Duration::from_millis(20);
+        // A slow feeder: the loop waits for every batch, at least as long as each takes.
+        let mut feeder = Feeder::start(0..5, move |step| {
+            std::thread::sleep(pause);
+            step
+        });
+        let started = Instant::now();
+        for step in 0..5 {
+            assert_eq!(feeder.next(step).unwrap(), step);
+        }
+        let slow = feeder.take_stats();
+        assert_eq!(slow.batches, 5);
+        assert!(slow.making >= 5 * pause, "{slow:?}");
+        assert!(slow.waited >= 4 * pause, "{slow:?}");
+        assert!(slow.waited <= started.elapsed(), "{slow:?}");
+        feeder.finish().unwrap();
+        // A fast feeder and a slow loop: after the first batch the next is always ready.
+        let mut feeder = Feeder::start(0..5, |step| step);
+        feeder.next(0).unwrap();
+        let _ = feeder.take_stats();
+        for step in 1..5 {
+            std::thread::sleep(pause);
+            assert_eq!(feeder.next(step).unwrap(), step);
+        }
+        let fast = feeder.take_stats();
+        assert!(fast.waited < 2 * pause, "{fast:?}");
+        assert!(fast.making < pause, "{fast:?}");
+        // Nothing happened since: an empty stretch.
+        assert_eq!(feeder.take_stats(), FeedStats { batches: 0, making: Duration::ZERO, waited: Duration::ZERO });
+        feeder.finish().unwrap();
+        let stats = FeedStats { batches: 4, making: Duration::from_secs(2), waited: Duration::from_millis(500) };
+        assert_eq!(stats.describe(Duration::from_secs(1)), "data 0.50 s a batch, waited for 50 % of the time");
     }
 }

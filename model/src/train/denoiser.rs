@@ -322,7 +322,8 @@ impl<B: Backend> Encoder<B> {
         let (mean, _) = self.vae.encode(video);
         let start = if image { 0 } else { (o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize }.min(o.lead);
         let latents = mean.narrow(2, start, window);
-        let embeddings = clips.iter().map(|c| self.text.embed(&c.caption())).collect();
+        let captions: Vec<String> = clips.iter().map(Clip::caption).collect();
+        let embeddings = self.text.embed_many(&captions.iter().map(String::as_str).collect::<Vec<_>>());
         if image || o.uniform(step, 0, 8) >= o.anchor_fraction {
             return Batch { latents: latents.into_data(), embeddings, anchors: None };
         }
@@ -570,10 +571,11 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             let recent = &run.rows[run.rows.len().saturating_sub(o.log_every)..];
             let mean = recent.iter().map(|r| r.loss).sum::<f64>() / recent.len() as f64;
             eprintln!(
-                "step {step}/{} loss {mean:.5} (mean of the last {}) {rate:.2} samples/s lr {lr:.2e} [{t} latent frame{}]",
+                "step {step}/{} loss {mean:.5} (mean of the last {}) {rate:.2} samples/s lr {lr:.2e} [{t} latent frame{}; {}]",
                 o.steps,
                 recent.len(),
-                if t == 1 { "" } else { "s" }
+                if t == 1 { "" } else { "s" },
+                feeder.take_stats().describe(window_started.elapsed())
             );
             (window_started, window_samples) = (Instant::now(), 0);
         }

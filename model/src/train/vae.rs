@@ -738,14 +738,15 @@ pub fn train_vae<B: AutodiffBackend>(o: &TrainVaeOptions, device: &B::Device) ->
         if o.log_every > 0 && (step.is_multiple_of(o.log_every) || step == o.steps) {
             let rate = window_samples as f64 / window_started.elapsed().as_secs_f64();
             eprintln!(
-                "step {step}/{} loss {:.5} (recon {:.5}, kl {:.3}{critic_line}) {rate:.2} samples/s lr {lr:.2e} [{t} frame{}{}{}]",
+                "step {step}/{} loss {:.5} (recon {:.5}, kl {:.3}{critic_line}) {rate:.2} samples/s lr {lr:.2e} [{t} frame{}{}{}; {}]",
                 o.steps,
                 row.loss,
                 row.recon,
                 row.kl,
                 if t == 1 { "" } else { "s" },
                 if real { ", real video" } else { "" },
-                denoised.map(|(_, _, first)| format!(", denoised from step {first}")).unwrap_or_default()
+                denoised.map(|(_, _, first)| format!(", denoised from step {first}")).unwrap_or_default(),
+                feeder.take_stats().describe(window_started.elapsed())
             );
             (window_started, window_samples) = (Instant::now(), 0);
         }
