@@ -190,6 +190,36 @@ mod text {
     }
 
     #[test]
+    fn many_prompts_at_once_get_what_each_gets_alone() {
+        let Some(dir) = dir_for_tests() else { return };
+        let alone = TextEncoder::<B>::load(&dir, &Default::default()).expect("it loads").with_cache_capacity(0);
+        let many = TextEncoder::<B>::load(&dir, &Default::default()).expect("it loads");
+        let seen = many.embed("a foggy dusk in the hills (many)");
+        let prompts = [
+            "a clear night over the dunes, panning right (many)",
+            "a foggy dusk in the hills (many)",
+            "snow (many)",
+            "a clear night over the dunes, panning right (many)",
+        ];
+        let got = many.embed_many(&prompts);
+        assert_eq!(got.len(), prompts.len());
+        assert!(Arc::ptr_eq(&got[1], &seen), "a cached prompt comes from the cache");
+        assert!(Arc::ptr_eq(&got[0], &got[3]), "a prompt asked twice is encoded once");
+        let stats = many.cache_stats();
+        assert_eq!((stats.hits, stats.misses), (1, 3), "one hit, and one pass for the two new prompts");
+        for (p, e) in prompts.iter().zip(&got) {
+            let own = alone.embed(p);
+            assert_eq!(e.ids(), own.ids());
+            assert_eq!(e.num_tokens(), own.num_tokens());
+            assert!(max_abs_diff(e.pooled(), own.pooled()) <= 1e-6, "pooled embedding of {p:?}");
+            for i in 0..e.num_tokens() {
+                assert!(max_abs_diff(e.token(i), own.token(i)) <= 1e-5, "hidden state {i} of {p:?}");
+            }
+        }
+        assert!(Arc::ptr_eq(&many.embed(prompts[2]), &got[2]), "what was encoded together is cached");
+    }
+
+    #[test]
     fn threads_share_one_encoder() {
         let Some(encoder) = encoder() else { return };
         let prompts = ["fog over pine trees (threads)", "rain on a city street at night (threads)", "dunes (threads)"];

@@ -434,10 +434,49 @@ impl<B: Backend> TextEncoder<B> {
         self.lock_cache().get_or_insert(prompt, embedding)
     }
 
-    /// [`TextEncoder::embed`] of several prompts, as a batch of tensors on the encoder's device.
+    /// [`TextEncoder::embed`] of several prompts, with the ones the cache misses encoded
+    /// together in one batch: on a GPU one pass of the encoder costs about what one prompt
+    /// alone does, and a training step draws a batch of captions at a time. A prompt gets the
+    /// same embedding as alone (the padding is masked out).
+    pub fn embed_many(&self, prompts: &[&str]) -> Vec<Arc<TextEmbedding>> {
+        let mut found: Vec<Option<Arc<TextEmbedding>>> = {
+            let mut cache = self.lock_cache();
+            prompts.iter().map(|p| cache.get(p)).collect()
+        };
+        let mut missed: Vec<&str> = Vec::new();
+        for (p, f) in prompts.iter().zip(&found) {
+            if f.is_none() && !missed.contains(p) {
+                missed.push(p);
+            }
+        }
+        self.hits.fetch_add((prompts.len() - found.iter().filter(|f| f.is_none()).count()) as u64, Ordering::Relaxed);
+        self.misses.fetch_add(missed.len() as u64, Ordering::Relaxed);
+        if !missed.is_empty() {
+            let ids: Vec<Vec<u32>> = missed.iter().map(|p| self.tokenizer.encode(p)).collect();
+            let batch = self.encode_ids(&ids);
+            let [b, n, d] = batch.hidden.dims();
+            let host = |t: TensorData| t.convert::<f32>().into_vec::<f32>().expect("f32 data after convert");
+            let hidden = host(batch.hidden.reshape([b * n * d]).into_data());
+            let pooled = host(batch.pooled.reshape([b * d]).into_data());
+            let mut cache = self.lock_cache();
+            for (k, (prompt, ids)) in missed.iter().zip(ids).enumerate() {
+                let hidden = hidden[k * n * d..(k * n + ids.len()) * d].to_vec();
+                let pooled = pooled[k * d..(k + 1) * d].to_vec();
+                let embedding = cache.get_or_insert(prompt, Arc::new(TextEmbedding { ids, hidden, pooled }));
+                for (p, f) in prompts.iter().zip(found.iter_mut()) {
+                    if p == prompt && f.is_none() {
+                        *f = Some(embedding.clone());
+                    }
+                }
+            }
+        }
+        found.into_iter().map(|f| f.expect("every prompt was found or encoded")).collect()
+    }
+
+    /// [`TextEncoder::embed_many`] of several prompts, as a batch of tensors on the encoder's
+    /// device.
     pub fn embed_batch(&self, prompts: &[&str]) -> TextBatch<B> {
-        let embeddings: Vec<Arc<TextEmbedding>> = prompts.iter().map(|p| self.embed(p)).collect();
-        TextBatch::from_embeddings(&embeddings, &self.device)
+        TextBatch::from_embeddings(&self.embed_many(prompts), &self.device)
     }
 
     pub fn cache_stats(&self) -> CacheStats {
