@@ -1,6 +1,7 @@
 //! Frames to tensors and back: the bridge between the world (RGB8) and the models.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rayon::prelude::*;
 
 /// Stacks clips of RGB8 frames into a video tensor with values in [-1, 1].
 ///
@@ -16,18 +17,22 @@ pub fn video_tensor<B: Backend>(
     let b = clips.len();
     let t = clips.first().map_or(0, |c| c.len());
     let plane = width * height;
-    let mut values = vec![0f32; b * 3 * t * plane];
-    for (ci, clip) in clips.iter().enumerate() {
+    for clip in clips {
         assert_eq!(clip.len(), t, "every clip of a batch has the same number of frames");
-        for (fi, frame) in clip.iter().enumerate() {
-            assert_eq!(frame.len(), plane * 3, "frame buffer size");
-            for c in 0..3 {
-                let base = ((ci * 3 + c) * t + fi) * plane; // [b, c, t, h*w]
-                for (p, px) in frame.chunks_exact(3).enumerate() {
-                    values[base + p] = px[c] as f32 / 127.5 - 1.0;
+        assert!(clip.iter().all(|frame| frame.len() == plane * 3), "frame buffer size");
+    }
+    // One channel of one clip per task: a training batch at 256² is 200 MB of f32, which one
+    // thread fills (and faults in) slower than a GPU step takes.
+    let mut values = vec![0f32; b * 3 * t * plane];
+    if plane > 0 && t > 0 {
+        values.par_chunks_mut(t * plane).enumerate().for_each(|(k, channel)| {
+            let (clip, c) = (&clips[k / 3], k % 3); // [b, c, t, h*w]
+            for (frame, out) in clip.iter().zip(channel.chunks_exact_mut(plane)) {
+                for (v, px) in out.iter_mut().zip(frame.chunks_exact(3)) {
+                    *v = px[c] as f32 / 127.5 - 1.0;
                 }
             }
-        }
+        });
     }
     Tensor::from_data(TensorData::new(values, [b, 3, t, height, width]), device)
 }
