@@ -130,8 +130,9 @@ train)
 smoke)
   # A minute's look before `train`: does the CUDA build run here, and how many samples a second
   # do the VAE and the denoiser train at the tier's size (the first steps pay for compiling the
-  # kernels, so the rate of the last logged step is the one to read)? That decides VAE_SECONDS
-  # and DEN_SECONDS.
+  # kernels, so the rate of the last logged step is the one to read), and does the step wait
+  # for its data (the log lines' "waited for")? That decides VAE_SECONDS, DEN_SECONDS and the
+  # batch sizes.
   size="${SIZE:-256x256}"
   runs="${RUNS:-runs/smoke}"
   mkdir -p "$runs"
@@ -147,6 +148,8 @@ smoke)
     --size "$size" --batch "${BATCH:-16}" --steps 12 --lr 3e-4 --warmup 100 --text-noise 2 \
     --checkpoint-every 1000 --log-every 2 --device "${DEVICE:-cuda}" --out "$runs/denoiser" || true
   echo "== denoiser: $((SECONDS - started)) s"
+  # Both runs render their clips on this machine's CPUs: how fast it renders them.
+  timeout 30 "$BIN" world-bench --sizes "$size" --frames 480 || true
   ;;
 
 land)
