@@ -8,23 +8,29 @@
 #                                      # the text encoder into .device/ (git-ignored), ~40 MB
 #   bash scripts/gpu-tier.sh train     # there: run it through the device tool from the repo
 #                                      # root with carry [".device"]; writes into $OUT
-#   bash scripts/gpu-tier.sh smoke     # there, first, if the time allows: a minute that says
-#                                      # whether CUDA runs and how fast each model trains
+#   bash scripts/gpu-tier.sh smoke     # there, first, if the time allows: 90 s that say whether
+#                                      # CUDA runs (it did on the H200; not worth it then)
 #   bash scripts/gpu-tier.sh land DIR  # here: DIR is what came back from $OUT; assembles the
 #                                      # exported pipeline in models/gpu
 #
-# `train` trains the VAE from scratch for VAE_SECONDS, measures it against the cpu tier's VAE
-# (`models/cpu`, which runs at any size) on the same held-out clips at the tier's size and keeps
-# the better, so that a run whose VAE learns too little in its time still trains a denoiser on
-# a working one; then trains the denoiser on it for DEN_SECONDS (`--time-limit`: each stops
-# after the first step past its limit, with a checkpoint), exports both in f16, streams 20 s of video with the export (its speed, and a
+# `train` trains the VAE from scratch for VAE_SECONDS (0 by default: on the H200 compiling its
+# kernels took most of a minute, and the cpu tier's VAE reconstructs 256² at 27 dB), measures
+# it against the cpu tier's VAE (`models/cpu`, which runs at any size) on the same held-out
+# clips at the tier's size and keeps the better, so that a run whose VAE learns too little in
+# its time still trains a denoiser on a working one; then trains the denoiser on it for
+# DEN_SECONDS (`--time-limit`: each stops after the first step past its limit, with a
+# checkpoint), exports both in f16, streams 20 s of video with the export (its speed, and a
 # contact sheet) and writes to $OUT what the machine can send back (at most 8 files of at most
 # 16 MB): vae.safetensors, the denoiser in parts of 15 MB, meta.tar.gz (the configs,
-# pipeline.json, the sheet, both runs' loss.csv) and log.txt. Everything is an environment
-# setting, so that a dry run on the CPU exercises the same path in a minute:
+# pipeline.json, the sheet, both runs' loss.csv) and log.txt. The runs live in RUNS
+# (/tmp/endless-gpu), outside the working tree, which the device tool copies afresh for every
+# call: a second `train` on the machine while it is still warm (it is handed back after 30 s
+# idle) resumes the denoiser for another DEN_SECONDS and exports that. Everything is an
+# environment setting, so that a dry run on the CPU exercises the same path in a minute:
 #
 #   DEVICE=cpu SIZE=64x64 VAE_SECONDS=20 DEN_SECONDS=20 BIN=$CARGO_TARGET_DIR/release/endless-model \
-#     ENDLESS_MINILM_DIR=~/.cache/endless/minilm OUT=/tmp/gpu-out bash scripts/gpu-tier.sh train
+#     ENDLESS_MINILM_DIR=~/.cache/endless/minilm OUT=/tmp/gpu-out RUNS=/tmp/gpu-runs \
+#     bash scripts/gpu-tier.sh train
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -62,10 +68,10 @@ train)
   out="${OUT:?OUT is where the device tool collects what comes back}"
   device="${DEVICE:-cuda}"
   size="${SIZE:-256x256}"
-  vae_seconds="${VAE_SECONDS:-180}"
-  den_seconds="${DEN_SECONDS:-270}"
+  vae_seconds="${VAE_SECONDS:-0}"
+  den_seconds="${DEN_SECONDS:-420}"
   PROMPT="${PROMPT:-a snowy dawn over the ocean, panning left}"
-  runs="${RUNS:-runs/gpu}"
+  runs="${RUNS:-/tmp/endless-gpu}"
   log="$out/log.txt"
   mkdir -p "$out" "$runs"
   unpack "$runs"
@@ -95,8 +101,16 @@ train)
   }
   trap finish EXIT
   export RUST_LOG="${RUST_LOG:-info}"
+  # A second call on the still-warm machine goes on with the denoiser of the first, on the VAE
+  # the first chose.
+  resume=()
+  if [ -f "$runs/vae-choice" ] && [ -f "$runs/denoiser/denoiser.json" ]; then
+    resume=(--resume)
+    vae_seconds=0
+  fi
   # A failed VAE run leaves the choice to the cpu tier's VAE rather than ending the call; with
-  # VAE_SECONDS=0 (when `smoke` says the VAE cannot learn enough in the call) it is that one.
+  # VAE_SECONDS=0 (the default: on the H200 the VAE could not learn enough in the call) it is
+  # that one.
   [ "$vae_seconds" -gt 0 ] &&
     step vae "$BIN" train-vae --preset tiny --norm-groups 0 --depth-to-time --size "$size" --frames 13 \
       --batch "${VAE_BATCH:-8}" --steps 1000000 --lr 1e-3 --warmup 100 --checkpoint-every 250 \
@@ -108,15 +122,21 @@ train)
     python3 -c 'import json, math, sys; v = json.load(open(sys.argv[1]))["psnr_mean"]; print(v if math.isfinite(v) else 0)' \
       "$json" 2>/dev/null || echo 0
   }
-  vae="$runs/vae/vae-ema.safetensors"
-  trained=0
-  [ "$vae_seconds" -gt 0 ] && trained=$(psnr "$vae" trained)
-  shipped=$(psnr models/cpu/vae.safetensors cpu)
-  if ! awk -v a="$trained" -v b="$shipped" 'BEGIN { exit !(a >= b) }'; then
-    vae=models/cpu/vae.safetensors
+  if [ ${#resume[@]} -gt 0 ]; then
+    vae=$(cat "$runs/vae-choice")
+    echo "== going on with $runs/denoiser, on $vae" >>"$log"
+  else
+    vae="$runs/vae/vae-ema.safetensors"
+    trained=0
+    [ "$vae_seconds" -gt 0 ] && trained=$(psnr "$vae" trained)
+    shipped=$(psnr models/cpu/vae.safetensors cpu)
+    if ! awk -v a="$trained" -v b="$shipped" 'BEGIN { exit !(a >= b) }'; then
+      vae=models/cpu/vae.safetensors
+    fi
+    echo "$vae" >"$runs/vae-choice"
+    echo "== the denoiser's VAE: $vae (trained $trained dB, cpu tier's $shipped dB)" >>"$log"
   fi
-  echo "== the denoiser's VAE: $vae (trained $trained dB, cpu tier's $shipped dB)" >>"$log"
-  step denoiser "$BIN" train --preset medium --vae "$vae" --size "$size" \
+  step denoiser "$BIN" train "${resume[@]}" --preset medium --vae "$vae" --size "$size" \
     --batch "${BATCH:-16}" --steps 1000000 --lr 3e-4 --warmup 100 --text-noise 2 \
     --checkpoint-every 250 --log-every 25 --time-limit "$den_seconds" --device "$device" \
     --out "$runs/denoiser"
