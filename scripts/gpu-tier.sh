@@ -137,7 +137,7 @@ train)
     echo "== the denoiser's VAE: $vae (trained $trained dB, cpu tier's $shipped dB)" >>"$log"
   fi
   step denoiser "$BIN" train "${resume[@]}" --preset medium --vae "$vae" --size "$size" \
-    --batch "${BATCH:-16}" --steps 1000000 --lr 3e-4 --warmup 100 --text-noise 2 \
+    --batch "${BATCH:-16}" --reuse "${REUSE:-1}" --steps 1000000 --lr 3e-4 --warmup 100 --text-noise 2 \
     --checkpoint-every 250 --log-every 25 --time-limit "$den_seconds" --device "$device" \
     --out "$runs/denoiser"
   step export "$BIN" export --model "$runs/denoiser" --out "$runs/tier"

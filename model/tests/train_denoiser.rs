@@ -88,6 +88,17 @@ fn training_lowers_the_loss_and_resumes_exactly() {
         assert!(d <= 1e-6, "{f}: resumed weights differ by {d}");
     }
     assert_eq!(read_loss_csv(&split.join("loss.csv")).unwrap(), a.rows);
+
+    // Reusing clips keeps a resumed run equal to a straight one: it renders again the clips
+    // of the steps before the one it resumes at.
+    let reusing = |out: PathBuf, steps| TrainDenoiserOptions { steps, reuse: 2, ..options(&vae, &text, out) };
+    let (straight, split) = (root.join("reuse-straight"), root.join("reuse-split"));
+    let a = train_denoiser::<B>(&reusing(straight.clone(), 6), &device).unwrap();
+    train_denoiser::<B>(&reusing(split.clone(), 3), &device).unwrap();
+    let b = train_denoiser::<B>(&TrainDenoiserOptions { resume: true, ..reusing(split.clone(), 6) }, &device).unwrap();
+    assert_eq!(a.rows[3..], b.rows[..], "with --reuse 2 too");
+    let d = max_weight_diff(&straight.join("denoiser.safetensors"), &split.join("denoiser.safetensors"));
+    assert!(d <= 1e-6, "resumed weights with reuse differ by {d}");
     std::fs::remove_dir_all(&root).ok();
 }
 

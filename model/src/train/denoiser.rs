@@ -11,6 +11,12 @@
 //!   extended chunk by chunk shows the denoiser windows whose first latent frame stands for four
 //!   video frames, not an image; training on both kinds keeps generation in distribution.
 //! - **Joint image–video.** A fraction of the batches are single images (one latent frame).
+//! - **Reusing rendered clips** (`reuse` k > 1): a video step renders and encodes only
+//!   `batch / k` new clips and trains on them together with the new clips of the `k − 1` steps
+//!   before it, each time with its own window, noise and draws; every clip is seen k times, in
+//!   k different batches. Rendering and encoding are the feeder's work, which on the 2-core VM
+//!   is more than the step's (the step waited for it 55–60 % of the time) and on a GPU is all
+//!   on the CPU. k = 1 is the run without reuse, bit for bit.
 //! - **Frame prediction** (W.A.L.T): with probability `frame_prediction` a clip gets its first
 //!   1 or 2 latent frames as clean context (the context channels and mask); otherwise none,
 //!   which is also the null condition of past-frame guidance. The loss covers every frame —
@@ -87,6 +93,9 @@ pub struct TrainDenoiserOptions {
     pub optim: Optimisation,
     /// Fraction of batches that are single-frame images.
     pub image_fraction: f64,
+    /// Steps a rendered video clip is trained on (see the module's "Reusing rendered clips");
+    /// 1: every clip once. Divides `batch`.
+    pub reuse: usize,
     /// Chance that a video clip gets 1 or 2 clean past latent frames (W.A.L.T's p_fp).
     pub frame_prediction: f64,
     /// Fraction of video batches whose windows start with a long-range anchor.
@@ -161,6 +170,7 @@ impl TrainDenoiserOptions {
                 ema_decay: Some(0.999),
             },
             image_fraction: 0.2,
+            reuse: 1,
             frame_prediction: 0.5,
             anchor_fraction: 0.25,
             max_anchor_distance: 128,
@@ -248,6 +258,9 @@ impl TrainDenoiserOptions {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
+        if self.reuse == 0 || !self.batch.is_multiple_of(self.reuse) {
+            bail!("--reuse {} must be at least 1 and divide --batch {}", self.reuse, self.batch);
+        }
         if self.anchor_fraction > 0.0 {
             if self.window < 3 {
                 bail!("anchors need windows of at least 3 latent frames (an anchor, a context frame, a new one)");
@@ -299,31 +312,83 @@ struct Encoder<B: Backend> {
     vae_config: VaeConfig,
     text: Arc<TextEncoder<B>>,
     device: B::Device,
+    /// With `reuse` > 1: the new video clips of recent steps, by step.
+    recent: Vec<(i64, Clips<B>)>,
+}
+
+/// Video clips rendered and encoded whole: `lead + window` latent frames each.
+#[derive(Clone)]
+struct Clips<B: Backend> {
+    clips: Vec<Clip>,
+    /// `[n, c, lead + window, h, w]`, raw
+    latents: Tensor<B, 5>,
+    embeddings: Vec<Arc<TextEmbedding>>,
 }
 
 impl<B: Backend> Encoder<B> {
-    /// The batch drawn with `seed` (a step's, or a statistics batch's).
-    fn batch(&self, seed: u64, step: i64) -> Batch {
+    /// `n` clips of `latent_frames` latent frames, the first `n` the sampler seeded with `seed`
+    /// draws, rendered, encoded and captioned.
+    fn clips(&self, seed: u64, n: usize, latent_frames: usize) -> Clips<B> {
         let o = &self.o;
-        let image = o.uniform(step, 0, 1) < o.image_fraction;
-        let f = self.vae_config.temporal_factor();
-        let (latent_frames, window) = if image { (1, 1) } else { (o.lead + o.window, o.window) };
         let options = ClipOptions {
             width: o.width,
             height: o.height,
             fps: o.fps,
-            frames: 1 + f * (latent_frames - 1),
+            frames: 1 + self.vae_config.temporal_factor() * (latent_frames - 1),
             transition_probability: o.transition_probability,
         };
         let mut sampler = ClipSampler::new(Split::Train, seed);
-        let clips: Vec<_> = (0..o.batch).map(|_| sampler.next_clip(&options)).collect();
+        let clips: Vec<_> = (0..n).map(|_| sampler.next_clip(&options)).collect();
         let frames: Vec<Vec<Vec<u8>>> = clips.par_iter().map(|c| c.render(false)).collect();
-        let video = video_tensor::<B>(&frames, o.width, o.height, &self.device);
-        let (mean, _) = self.vae.encode(video);
-        let start = if image { 0 } else { (o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize }.min(o.lead);
-        let latents = mean.narrow(2, start, window);
+        let (latents, _) = self.vae.encode(video_tensor::<B>(&frames, o.width, o.height, &self.device));
         let captions: Vec<String> = clips.iter().map(Clip::caption).collect();
         let embeddings = self.text.embed_many(&captions.iter().map(String::as_str).collect::<Vec<_>>());
+        Clips { clips, latents, embeddings }
+    }
+
+    /// The batch drawn with `seed` (a step's, or a statistics batch's), every clip new.
+    fn batch(&self, seed: u64, step: i64) -> Batch {
+        let image = self.o.uniform(step, 0, 1) < self.o.image_fraction;
+        let latent_frames = if image { 1 } else { self.o.lead + self.o.window };
+        self.assemble(self.clips(seed, self.o.batch, latent_frames), step, image)
+    }
+
+    /// The batch of training step `step`: [`Encoder::batch`] with the step's seed, or with
+    /// `reuse` > 1 and a video step, the new clips of this step and the `reuse − 1` before it.
+    fn step_batch(&mut self, step: i64) -> Batch {
+        let (reuse, seed) = (self.o.reuse as i64, self.o.seed);
+        if reuse == 1 || self.o.uniform(step, 0, 1) < self.o.image_fraction {
+            return self.batch(noise_hash(seed, step, 1), step);
+        }
+        self.recent.retain(|(s, _)| (step - reuse + 1..=step).contains(s));
+        let mut parts = Vec::with_capacity(reuse as usize);
+        for s in (step - reuse + 1..=step).rev() {
+            let part = match self.recent.iter().find(|(r, _)| *r == s) {
+                Some((_, part)) => part.clone(),
+                None => {
+                    let n = self.o.batch / self.o.reuse;
+                    let part = self.clips(noise_hash(seed, s, 1), n, self.o.lead + self.o.window);
+                    self.recent.push((s, part.clone()));
+                    part
+                }
+            };
+            parts.push(part);
+        }
+        let clips = Clips {
+            clips: parts.iter().flat_map(|p| p.clips.iter().cloned()).collect(),
+            latents: Tensor::cat(parts.iter().map(|p| p.latents.clone()).collect(), 0),
+            embeddings: parts.iter().flat_map(|p| p.embeddings.iter().cloned()).collect(),
+        };
+        self.assemble(clips, step, false)
+    }
+
+    /// Step `step`'s window of each clip (with the step's anchors, when it draws them).
+    fn assemble(&self, Clips { clips, latents: mean, embeddings }: Clips<B>, step: i64, image: bool) -> Batch {
+        let o = &self.o;
+        let f = self.vae_config.temporal_factor();
+        let window = if image { 1 } else { o.window };
+        let start = if image { 0 } else { (o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize }.min(o.lead);
+        let latents = mean.narrow(2, start, window);
         if image || o.uniform(step, 0, 8) >= o.anchor_fraction {
             return Batch { latents: latents.into_data(), embeddings, anchors: None };
         }
@@ -331,7 +396,7 @@ impl<B: Backend> Encoder<B> {
         // the clip, its last video frame f·(start + 1)), the second latent of a 1 + f frame clip
         // — a latent that stands for f frames, as in a stream.
         let log_max = (o.max_anchor_distance as f64).ln();
-        let distances: Vec<usize> = (0..o.batch)
+        let distances: Vec<usize> = (0..clips.len())
             .map(|i| ((o.uniform(step, i, 9) * log_max).exp() as usize).clamp(1, o.max_anchor_distance))
             .collect();
         let anchor_clips: Vec<Clip> = clips
@@ -446,7 +511,8 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
     };
     let o = &TrainDenoiserOptions { config: config.clone(), ..o.clone() };
     o.validate(&vae_config)?;
-    let encoder = Encoder { o: o.clone(), vae, vae_config: vae_config.clone(), text, device: device.clone() };
+    let mut encoder =
+        Encoder { o: o.clone(), vae, vae_config: vae_config.clone(), text, device: device.clone(), recent: Vec::new() };
 
     let adamw = o.optim.adamw();
     let mut run = if resuming {
@@ -535,9 +601,7 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
         return Ok(TrainSummary { start_step: start, end_step: start, rows: Vec::new(), samples_per_second: 0.0 });
     }
 
-    let seed = o.seed;
-    let mut feeder =
-        Feeder::start(start..o.steps, move |step| encoder.batch(noise_hash(seed, step as i64, 1), step as i64));
+    let mut feeder = Feeder::start(start..o.steps, move |step| encoder.step_batch(step as i64));
     let first_row = run.rows.len();
     let run_started = Instant::now();
     let (mut window_started, mut window_samples) = (Instant::now(), 0u64);
@@ -841,5 +905,59 @@ mod tests {
         let other = text_augmented(clean, sigma, 4);
         let moved = (other.tokens - noisy.tokens).abs().max().into_scalar();
         assert!(moved > 1.0, "another seed moves the tokens by {moved}");
+    }
+
+    #[test]
+    fn a_reused_clip_comes_back_in_the_next_steps_batch() {
+        let Some(text) = crate::text::dir_for_tests() else { return };
+        let root = std::env::temp_dir().join(format!("endless-reuse-{}", std::process::id()));
+        let vae = micro_vae(&root).unwrap();
+        let o = TrainDenoiserOptions {
+            batch: 4,
+            reuse: 2,
+            image_fraction: 0.0,
+            anchor_fraction: 0.5,
+            ..micro_options(&vae, &text, &root)
+        };
+        let device = Default::default();
+        let vae_config: VaeConfig = checkpoint::read_config(&o.vae).unwrap();
+        let encoder = || Encoder::<Flex> {
+            o: o.clone(),
+            vae: checkpoint::load(vae_config.init(&device), &o.vae, &device).unwrap(),
+            vae_config: vae_config.clone(),
+            text: Arc::new(TextEncoder::load(&text, &device).unwrap()),
+            device,
+            recent: Vec::new(),
+        };
+        let latents = |b: &Batch| b.latents.to_vec::<f32>().unwrap();
+        let (mut straight, mut resumed) = (encoder(), encoder());
+        let batches: Vec<Batch> = (0..4).map(|s| straight.step_batch(s)).collect();
+        // Step s trains on its 2 new clips, then step s − 1's: built by hand from the clips
+        // each step draws (the lead's latent frames and all).
+        let whole = o.lead + o.window;
+        for s in 1..4 {
+            let (new, old) = (
+                straight.clips(noise_hash(o.seed, s, 1), 2, whole),
+                straight.clips(noise_hash(o.seed, s - 1, 1), 2, whole),
+            );
+            let both = Clips {
+                clips: [new.clips, old.clips].concat(),
+                latents: Tensor::cat(vec![new.latents, old.latents], 0),
+                embeddings: [new.embeddings, old.embeddings].concat(),
+            };
+            let by_hand = straight.assemble(both, s, false);
+            assert_eq!(latents(&batches[s as usize]), latents(&by_hand), "step {s}");
+            assert_eq!(batches[s as usize].anchors, by_hand.anchors);
+        }
+        assert!(batches.iter().any(|b| b.anchors.is_some()), "anchors are drawn for reused clips too");
+        // A run resumed at step 2 has no clips of step 1 yet and makes them again.
+        assert_eq!(latents(&resumed.step_batch(2)), latents(&batches[2]));
+        assert_eq!(resumed.recent.len(), 2, "only the steps still to be reused are kept");
+        // reuse 1 is the batch of fresh clips.
+        let mut fresh = Encoder { o: TrainDenoiserOptions { reuse: 1, ..o.clone() }, ..encoder() };
+        let b = fresh.step_batch(3);
+        assert_eq!(latents(&b), latents(&fresh.batch(noise_hash(o.seed, 3, 1), 3)));
+        assert_ne!(latents(&b), latents(&batches[3]));
+        std::fs::remove_dir_all(&root).ok();
     }
 }

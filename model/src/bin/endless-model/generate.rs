@@ -127,6 +127,11 @@ pub struct TrainArgs {
     /// Fraction of batches that are single images.
     #[arg(long, default_value_t = 0.2)]
     image_fraction: f64,
+    /// Steps each rendered video clip is trained on: a video step renders --batch / this new
+    /// clips and takes the rest from the steps before it (1: every clip once). Less rendering
+    /// and encoding per sample, for runs that wait for their data.
+    #[arg(long, default_value_t = 1)]
+    reuse: usize,
     /// Chance that a clip gets 1 or 2 clean past latent frames (frame prediction, p_fp).
     #[arg(long, default_value_t = 0.5)]
     frame_prediction: f64,
@@ -214,6 +219,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         batch: args.batch,
         steps: args.steps,
         image_fraction: args.image_fraction,
+        reuse: args.reuse,
         frame_prediction: args.frame_prediction,
         anchor_fraction: args.anchor_fraction,
         max_anchor_distance: args.max_anchor_distance,
