@@ -16,9 +16,9 @@
 //!   before it, each time with its own window, noise and draws; every clip is seen k times, in
 //!   k different batches. Rendering and encoding are the feeder's work, which on the 2-core VM
 //!   is more than the step's (the step waited for it 55–60 % of the time) and on a GPU is all
-//!   on the CPU. k = 1 is the run without reuse, bit for bit, and the default: on the VM k = 4
-//!   trained 3 times the samples but fewer different clips in the same time, and a worse model
-//!   (BENCHMARKS.md).
+//!   on the CPU. k = 1 is the run without reuse, bit for bit, and the default. On the VM, in the
+//!   same time, k = 2 trained twice the steps on as many different clips and made a better
+//!   model (FWD); k = 4 trained on fewer different clips and made a worse one (BENCHMARKS.md).
 //! - **Frame prediction** (W.A.L.T): with probability `frame_prediction` a clip gets its first
 //!   1 or 2 latent frames as clean context (the context channels and mask); otherwise none,
 //!   which is also the null condition of past-frame guidance. The loss covers every frame —
