@@ -419,19 +419,7 @@ impl<B: Backend> TextEncoder<B> {
     /// Two threads missing on the same prompt at once both encode it; the first to finish is
     /// cached and both get that one.
     pub fn embed(&self, prompt: &str) -> Arc<TextEmbedding> {
-        if let Some(hit) = self.lock_cache().get(prompt) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return hit;
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let ids = self.tokenizer.encode(prompt);
-        let batch = self.encode_ids(std::slice::from_ref(&ids));
-        let [_, n, d] = batch.hidden.dims();
-        let host = |t: TensorData| t.convert::<f32>().into_vec::<f32>().expect("f32 data after convert");
-        let hidden = host(batch.hidden.reshape([n * d]).into_data());
-        let pooled = host(batch.pooled.reshape([d]).into_data());
-        let embedding = Arc::new(TextEmbedding { ids, hidden, pooled });
-        self.lock_cache().get_or_insert(prompt, embedding)
+        self.embed_many(&[prompt]).remove(0)
     }
 
     /// [`TextEncoder::embed`] of several prompts, with the ones the cache misses encoded
