@@ -66,6 +66,7 @@ use burn::prelude::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Tensor, TensorData};
 use rayon::prelude::*;
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -305,6 +306,8 @@ struct Batch {
     embeddings: Vec<Arc<TextEmbedding>>,
     /// Per clip, the distance of the anchor that replaced its first latent; `None`: no anchors.
     anchors: Option<Vec<usize>>,
+    /// Time spent rendering the world for this batch (the rest of its making is encoding).
+    rendering: Duration,
 }
 
 /// Renders and encodes batches: lives on the feeder thread.
@@ -316,6 +319,8 @@ struct Encoder<B: Backend> {
     device: B::Device,
     /// With `reuse` > 1: the new video clips of recent steps, by step.
     recent: Vec<(i64, Clips<B>)>,
+    /// Rendering time since the last batch was assembled.
+    rendering: Cell<Duration>,
 }
 
 /// Video clips rendered and encoded whole: `lead + window` latent frames each.
@@ -341,7 +346,7 @@ impl<B: Backend> Encoder<B> {
         };
         let mut sampler = ClipSampler::new(Split::Train, seed);
         let clips: Vec<_> = (0..n).map(|_| sampler.next_clip(&options)).collect();
-        let frames: Vec<Vec<Vec<u8>>> = clips.par_iter().map(|c| c.render(false)).collect();
+        let frames = self.render(&clips);
         let (latents, _) = self.vae.encode(video_tensor::<B>(&frames, o.width, o.height, &self.device));
         let captions: Vec<String> = clips.iter().map(Clip::caption).collect();
         let embeddings = self.text.embed_many(&captions.iter().map(String::as_str).collect::<Vec<_>>());
@@ -392,7 +397,7 @@ impl<B: Backend> Encoder<B> {
         let start = if image { 0 } else { (o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize }.min(o.lead);
         let latents = mean.narrow(2, start, window);
         if image || o.uniform(step, 0, 8) >= o.anchor_fraction {
-            return Batch { latents: latents.into_data(), embeddings, anchors: None };
+            return Batch { latents: latents.into_data(), embeddings, anchors: None, rendering: self.rendering.take() };
         }
         // Anchors: `d` latent frames before the window's second latent (index start + 1 of
         // the clip, its last video frame f·(start + 1)), the second latent of a 1 + f frame clip
@@ -410,10 +415,18 @@ impl<B: Backend> Encoder<B> {
                 ..clip.clone()
             })
             .collect();
-        let frames: Vec<Vec<Vec<u8>>> = anchor_clips.par_iter().map(|c| c.render(false)).collect();
+        let frames = self.render(&anchor_clips);
         let (anchor, _) = self.vae.encode(video_tensor::<B>(&frames, o.width, o.height, &self.device));
         let latents = Tensor::cat(vec![anchor.narrow(2, 1, 1), latents.narrow(2, 1, window - 1)], 2);
-        Batch { latents: latents.into_data(), embeddings, anchors: Some(distances) }
+        Batch { latents: latents.into_data(), embeddings, anchors: Some(distances), rendering: self.rendering.take() }
+    }
+
+    /// The clips' frames, rendered on every core, counting the time in `rendering`.
+    fn render(&self, clips: &[Clip]) -> Vec<Vec<Vec<u8>>> {
+        let started = Instant::now();
+        let frames = clips.par_iter().map(|c| c.render(false)).collect();
+        self.rendering.set(self.rendering.get() + started.elapsed());
+        frames
     }
 }
 
@@ -513,8 +526,15 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
     };
     let o = &TrainDenoiserOptions { config: config.clone(), ..o.clone() };
     o.validate(&vae_config)?;
-    let mut encoder =
-        Encoder { o: o.clone(), vae, vae_config: vae_config.clone(), text, device: device.clone(), recent: Vec::new() };
+    let mut encoder = Encoder {
+        o: o.clone(),
+        vae,
+        vae_config: vae_config.clone(),
+        text,
+        device: device.clone(),
+        recent: Vec::new(),
+        rendering: Cell::default(),
+    };
 
     let adamw = o.optim.adamw();
     let mut run = if resuming {
@@ -607,9 +627,11 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
     let first_row = run.rows.len();
     let run_started = Instant::now();
     let (mut window_started, mut window_samples) = (Instant::now(), 0u64);
+    let (mut window_batches, mut window_rendering) = (0u32, Duration::ZERO);
     while run.step < o.steps {
         let step = run.step;
         let batch = feeder.next(step)?;
+        (window_batches, window_rendering) = (window_batches + 1, window_rendering + batch.rendering);
         let latents = run.spec.normalise(Tensor::<B, 5>::from_data(batch.latents, device));
         let t = latents.dims()[2];
         let anchors = batch.anchors.as_deref();
@@ -637,13 +659,15 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
             let recent = &run.rows[run.rows.len().saturating_sub(o.log_every)..];
             let mean = recent.iter().map(|r| r.loss).sum::<f64>() / recent.len() as f64;
             eprintln!(
-                "step {step}/{} loss {mean:.5} (mean of the last {}) {rate:.2} samples/s lr {lr:.2e} [{t} latent frame{}; {}]",
+                "step {step}/{} loss {mean:.5} (mean of the last {}) {rate:.2} samples/s lr {lr:.2e} [{t} latent frame{}; {}; rendering {:.2} s a batch]",
                 o.steps,
                 recent.len(),
                 if t == 1 { "" } else { "s" },
-                feeder.take_stats().describe(window_started.elapsed())
+                feeder.take_stats().describe(window_started.elapsed()),
+                window_rendering.as_secs_f64() / window_batches as f64
             );
             (window_started, window_samples) = (Instant::now(), 0);
+            (window_batches, window_rendering) = (0, Duration::ZERO);
         }
         let last = step == o.steps || o.time_limit.is_some_and(|limit| run_started.elapsed() >= limit);
         if (o.checkpoint_every > 0 && step.is_multiple_of(o.checkpoint_every)) || last {
@@ -930,10 +954,14 @@ mod tests {
             text: Arc::new(TextEncoder::load(&text, &device).unwrap()),
             device,
             recent: Vec::new(),
+            rendering: Cell::default(),
         };
         let latents = |b: &Batch| b.latents.to_vec::<f32>().unwrap();
         let (mut straight, mut resumed) = (encoder(), encoder());
         let batches: Vec<Batch> = (0..4).map(|s| straight.step_batch(s)).collect();
+        // Each batch carries the time its own clips took to render, and no more.
+        assert!(batches.iter().all(|b| b.rendering > Duration::ZERO));
+        assert_eq!(straight.rendering.get(), Duration::ZERO);
         // Step s trains on its 2 new clips, then step s − 1's: built by hand from the clips
         // each step draws (the lead's latent frames and all).
         let whole = o.lead + o.window;
