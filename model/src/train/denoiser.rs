@@ -14,9 +14,9 @@
 //! - **Reusing rendered clips** (`reuse` k > 1): a video step renders and encodes only
 //!   `batch / k` new clips and trains on them together with the new clips of the `k − 1` steps
 //!   before it, each time with its own window, noise and draws; every clip is seen k times, in
-//!   k different batches. Rendering and encoding are the feeder's work, which on the 2-core VM
-//!   is more than the step's (the step waited for it 55–60 % of the time) and on a GPU is all
-//!   on the CPU. k = 1 is the run without reuse, bit for bit, and the default. On the VM, in the
+//!   k different batches. Rendering (on the CPU's cores) and encoding (on the training device)
+//!   are the feeder's work, which on the 2-core VM is more than the step's (the step waited for
+//!   it 55–60 % of the time). k = 1 is the run without reuse, bit for bit, and the default. On the VM, in the
 //!   same time, k = 2 trained twice the steps on as many different clips and made a better
 //!   model (FWD); k = 4 trained on fewer different clips and made a worse one (BENCHMARKS.md).
 //! - **Frame prediction** (W.A.L.T): with probability `frame_prediction` a clip gets its first
