@@ -1,7 +1,10 @@
 //! Training the denoiser on VAE latents of the procedural world.
 //!
 //! Every step's batch is rendered and encoded on a feeder thread (the frozen VAE and the text
-//! encoder on the inner, non-autodiff backend) while the previous step trains. A batch of step
+//! encoder on the inner, non-autodiff backend) while the previous step trains, and the frames
+//! of the step after it are rendered on a thread of their own, every frame a task on rayon's
+//! pool, while this step's are encoded: on a GPU the encoding is the device's and the rendering
+//! the CPU's, and each would otherwise wait for the other. A batch of step
 //! `s` is a pure function of `(seed, s)`: its clips, captions, window, diffusion times, noise,
 //! dropout and frame-prediction draws all come from counter-based hashes, so a run is
 //! deterministic for a seed and a resumed run equals a straight one.
@@ -58,17 +61,17 @@ use crate::dit::{Condition, Denoiser, DenoiserConfig, DenoiserInput, FrameContex
 use crate::pipeline::{ChannelStats, DENOISER_EMA_FILE, DENOISER_FILE, PipelineSpec, VAE_FILE};
 use crate::text::{TextBatch, TextEmbedding, TextEncoder};
 use crate::vae::{Vae, VaeConfig};
-use crate::world::{Clip, ClipOptions, ClipSampler, Split, noise_hash, noise_uniform};
+use crate::world::{Clip, ClipOptions, ClipSampler, Split, noise_hash, noise_uniform, render_all};
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Tensor, TensorData};
-use rayon::prelude::*;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Everything a denoiser training run needs.
@@ -321,6 +324,24 @@ struct Encoder<B: Backend> {
     recent: Vec<(i64, Clips<B>)>,
     /// Rendering time since the last batch was assembled.
     rendering: Cell<Duration>,
+    /// The next step's frames, being rendered on a thread of their own while this step encodes.
+    ahead: Option<Ahead>,
+    /// The frames rendered ahead for the step being made, each taken by the first
+    /// [`Encoder::render`] that asks for its clip.
+    ready: RefCell<Rendered>,
+    /// Clips rendered in place because nothing had rendered them ahead: those of a run's first
+    /// step (with `reuse` > 1, the earlier steps' clips it trains on too) and of the latent
+    /// statistics' batches; none after.
+    missed: Cell<usize>,
+}
+
+/// Clips with their frames, RGB8.
+type Rendered = Vec<(Clip, Vec<Vec<u8>>)>;
+
+/// The frames of the clips step `step` renders ([`Encoder::renders`]), and how long they took.
+struct Ahead {
+    step: i64,
+    thread: JoinHandle<(Rendered, Duration)>,
 }
 
 /// Video clips rendered and encoded whole: `lead + window` latent frames each.
@@ -333,9 +354,29 @@ struct Clips<B: Backend> {
 }
 
 impl<B: Backend> Encoder<B> {
-    /// `n` clips of `latent_frames` latent frames, the first `n` the sampler seeded with `seed`
-    /// draws, rendered, encoded and captioned.
-    fn clips(&self, seed: u64, n: usize, latent_frames: usize) -> Clips<B> {
+    fn new(
+        o: TrainDenoiserOptions,
+        vae: Vae<B>,
+        vae_config: VaeConfig,
+        text: Arc<TextEncoder<B>>,
+        device: B::Device,
+    ) -> Self {
+        Encoder {
+            o,
+            vae,
+            vae_config,
+            text,
+            device,
+            recent: Vec::new(),
+            rendering: Cell::default(),
+            ahead: None,
+            ready: RefCell::default(),
+            missed: Cell::default(),
+        }
+    }
+
+    /// The first `n` clips of `latent_frames` latent frames the sampler seeded with `seed` draws.
+    fn draw(&self, seed: u64, n: usize, latent_frames: usize) -> Vec<Clip> {
         let o = &self.o;
         let options = ClipOptions {
             width: o.width,
@@ -345,7 +386,13 @@ impl<B: Backend> Encoder<B> {
             transition_probability: o.transition_probability,
         };
         let mut sampler = ClipSampler::new(Split::Train, seed);
-        let clips: Vec<_> = (0..n).map(|_| sampler.next_clip(&options)).collect();
+        (0..n).map(|_| sampler.next_clip(&options)).collect()
+    }
+
+    /// [`Encoder::draw`]'s clips, rendered, encoded and captioned.
+    fn clips(&self, seed: u64, n: usize, latent_frames: usize) -> Clips<B> {
+        let o = &self.o;
+        let clips = self.draw(seed, n, latent_frames);
         let frames = self.render(&clips);
         let (latents, _) = self.vae.encode(video_tensor::<B>(&frames, o.width, o.height, &self.device));
         let captions: Vec<String> = clips.iter().map(Clip::caption).collect();
@@ -363,6 +410,7 @@ impl<B: Backend> Encoder<B> {
     /// The batch of training step `step`: [`Encoder::batch`] with the step's seed, or with
     /// `reuse` > 1 and a video step, the new clips of this step and the `reuse − 1` before it.
     fn step_batch(&mut self, step: i64) -> Batch {
+        self.render_ahead(step);
         let (reuse, seed) = (self.o.reuse as i64, self.o.seed);
         if reuse == 1 || self.o.uniform(step, 0, 1) < self.o.image_fraction {
             return self.batch(noise_hash(seed, step, 1), step);
@@ -389,24 +437,69 @@ impl<B: Backend> Encoder<B> {
         self.assemble(clips, step, false)
     }
 
-    /// Step `step`'s window of each clip (with the step's anchors, when it draws them).
-    fn assemble(&self, Clips { clips, latents: mean, embeddings }: Clips<B>, step: i64, image: bool) -> Batch {
+    /// The clips step `step` renders when the steps before it have been made: every clip of its
+    /// batch, or with `reuse` > 1 its own new ones; then its anchors' clips. What the
+    /// render-ahead thread makes for it.
+    fn renders(&self, step: i64) -> Vec<Clip> {
         let o = &self.o;
-        let f = self.vae_config.temporal_factor();
-        let window = if image { 1 } else { o.window };
-        let start = if image { 0 } else { (o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize }.min(o.lead);
-        let latents = mean.narrow(2, start, window);
-        if image || o.uniform(step, 0, 8) >= o.anchor_fraction {
-            return Batch { latents: latents.into_data(), embeddings, anchors: None, rendering: self.rendering.take() };
+        if o.uniform(step, 0, 1) < o.image_fraction {
+            return self.draw(noise_hash(o.seed, step, 1), o.batch, 1);
         }
-        // Anchors: `d` latent frames before the window's second latent (index start + 1 of
-        // the clip, its last video frame f·(start + 1)), the second latent of a 1 + f frame clip
-        // — a latent that stands for f frames, as in a stream.
+        let (whole, n) = (o.lead + o.window, o.batch / o.reuse);
+        let new = self.draw(noise_hash(o.seed, step, 1), n, whole);
+        let earlier =
+            (step - o.reuse as i64 + 1..step).rev().flat_map(|s| self.draw(noise_hash(o.seed, s, 1), n, whole));
+        let batch: Vec<Clip> = new.iter().cloned().chain(earlier).collect();
+        match self.anchors(&batch, step) {
+            Some((_, anchors)) => [new, anchors].concat(),
+            None => new,
+        }
+    }
+
+    /// Takes the frames rendered ahead for `step` (their rendering time is this batch's) and
+    /// starts rendering those of `step + 1`, which a thread makes while this step encodes.
+    fn render_ahead(&mut self, step: i64) {
+        let ready = self.ready.get_mut();
+        ready.clear();
+        // Frames rendered for another step (steps made out of order) are not this step's.
+        if let Some(Ahead { step: _, thread }) = self.ahead.take().filter(|a| a.step == step) {
+            let (frames, took) = thread.join().expect("the render-ahead thread panicked");
+            *ready = frames;
+            self.rendering.set(self.rendering.get() + took);
+        }
+        if step + 1 < self.o.steps as i64 {
+            let clips = self.renders(step + 1);
+            let thread = std::thread::spawn(move || {
+                let started = Instant::now();
+                let frames = render_all(&clips);
+                (clips.into_iter().zip(frames).collect(), started.elapsed())
+            });
+            self.ahead = Some(Ahead { step: step + 1, thread });
+        }
+    }
+
+    /// The first latent of each clip's window at `step` (video steps).
+    fn window_start(&self, step: i64) -> usize {
+        let o = &self.o;
+        ((o.uniform(step, 0, 2) * (o.lead + 1) as f64) as usize).min(o.lead)
+    }
+
+    /// The anchors a video step draws for its clips, a share `anchor_fraction` of the steps:
+    /// each clip's distance and the clip whose second latent is its anchor, `d` latent frames
+    /// before the window's second latent (index start + 1 of the clip, its last video frame
+    /// f·(start + 1)); the second latent of a 1 + f frame clip, a latent that stands for f
+    /// frames, as in a stream.
+    fn anchors(&self, clips: &[Clip], step: i64) -> Option<(Vec<usize>, Vec<Clip>)> {
+        let o = &self.o;
+        if o.uniform(step, 0, 8) >= o.anchor_fraction {
+            return None;
+        }
+        let (f, start) = (self.vae_config.temporal_factor(), self.window_start(step));
         let log_max = (o.max_anchor_distance as f64).ln();
         let distances: Vec<usize> = (0..clips.len())
             .map(|i| ((o.uniform(step, i, 9) * log_max).exp() as usize).clamp(1, o.max_anchor_distance))
             .collect();
-        let anchor_clips: Vec<Clip> = clips
+        let anchor_clips = clips
             .iter()
             .zip(&distances)
             .map(|(clip, &d)| Clip {
@@ -415,18 +508,40 @@ impl<B: Backend> Encoder<B> {
                 ..clip.clone()
             })
             .collect();
+        Some((distances, anchor_clips))
+    }
+
+    /// Step `step`'s window of each clip (with the step's anchors, when it draws them).
+    fn assemble(&self, Clips { clips, latents: mean, embeddings }: Clips<B>, step: i64, image: bool) -> Batch {
+        let o = &self.o;
+        let (window, start) = if image { (1, 0) } else { (o.window, self.window_start(step)) };
+        let latents = mean.narrow(2, start, window);
+        let anchors = if image { None } else { self.anchors(&clips, step) };
+        let Some((distances, anchor_clips)) = anchors else {
+            return Batch { latents: latents.into_data(), embeddings, anchors: None, rendering: self.rendering.take() };
+        };
         let frames = self.render(&anchor_clips);
         let (anchor, _) = self.vae.encode(video_tensor::<B>(&frames, o.width, o.height, &self.device));
         let latents = Tensor::cat(vec![anchor.narrow(2, 1, 1), latents.narrow(2, 1, window - 1)], 2);
         Batch { latents: latents.into_data(), embeddings, anchors: Some(distances), rendering: self.rendering.take() }
     }
 
-    /// The clips' frames, rendered on every core, counting the time in `rendering`.
+    /// The clips' frames: those rendered ahead, and the others rendered now on every core,
+    /// counting the time in `rendering`.
     fn render(&self, clips: &[Clip]) -> Vec<Vec<Vec<u8>>> {
-        let started = Instant::now();
-        let frames = clips.par_iter().map(|c| c.render(false)).collect();
-        self.rendering.set(self.rendering.get() + started.elapsed());
-        frames
+        let mut ready = self.ready.borrow_mut();
+        let mut frames: Vec<Option<Vec<Vec<u8>>>> =
+            clips.iter().map(|c| ready.iter().position(|(r, _)| r == c).map(|i| ready.swap_remove(i).1)).collect();
+        let missing: Vec<Clip> =
+            clips.iter().zip(&frames).filter(|(_, f)| f.is_none()).map(|(c, _)| c.clone()).collect();
+        if !missing.is_empty() {
+            let started = Instant::now();
+            let mut rendered = render_all(&missing).into_iter();
+            self.rendering.set(self.rendering.get() + started.elapsed());
+            self.missed.set(self.missed.get() + missing.len());
+            frames.iter_mut().filter(|f| f.is_none()).for_each(|f| *f = rendered.next());
+        }
+        frames.into_iter().map(|f| f.expect("every clip is rendered")).collect()
     }
 }
 
@@ -526,15 +641,7 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
     };
     let o = &TrainDenoiserOptions { config: config.clone(), ..o.clone() };
     o.validate(&vae_config)?;
-    let mut encoder = Encoder {
-        o: o.clone(),
-        vae,
-        vae_config: vae_config.clone(),
-        text,
-        device: device.clone(),
-        recent: Vec::new(),
-        rendering: Cell::default(),
-    };
+    let mut encoder = Encoder::new(o.clone(), vae, vae_config.clone(), text, device.clone());
 
     let adamw = o.optim.adamw();
     let mut run = if resuming {
@@ -947,18 +1054,20 @@ mod tests {
         };
         let device = Default::default();
         let vae_config: VaeConfig = checkpoint::read_config(&o.vae).unwrap();
-        let encoder = || Encoder::<Flex> {
-            o: o.clone(),
-            vae: checkpoint::load(vae_config.init(&device), &o.vae, &device).unwrap(),
-            vae_config: vae_config.clone(),
-            text: Arc::new(TextEncoder::load(&text, &device).unwrap()),
-            device,
-            recent: Vec::new(),
-            rendering: Cell::default(),
+        let encoder = || {
+            let vae = checkpoint::load(vae_config.init(&device), &o.vae, &device).unwrap();
+            let text = Arc::new(TextEncoder::load(&text, &device).unwrap());
+            Encoder::<Flex>::new(o.clone(), vae, vae_config.clone(), text, device)
         };
         let latents = |b: &Batch| b.latents.to_vec::<f32>().unwrap();
         let (mut straight, mut resumed) = (encoder(), encoder());
-        let batches: Vec<Batch> = (0..4).map(|s| straight.step_batch(s)).collect();
+        let first = straight.step_batch(0);
+        // The first step renders its clips and the clips of the step before it in place...
+        let missed = straight.missed.get();
+        assert_eq!(missed, 4 + first.anchors.as_ref().map_or(0, Vec::len));
+        let batches: Vec<Batch> = std::iter::once(first).chain((1..4).map(|s| straight.step_batch(s))).collect();
+        // ...and every later one finds all of its frames rendered ahead, anchors included.
+        assert_eq!(straight.missed.get(), missed, "every clip after the first step is rendered ahead");
         // Each batch carries the time its own clips took to render, and no more.
         assert!(batches.iter().all(|b| b.rendering > Duration::ZERO));
         assert_eq!(straight.rendering.get(), Duration::ZERO);

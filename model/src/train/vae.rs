@@ -39,14 +39,13 @@ use crate::diffusion::Guidance;
 use crate::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings, SdeditStart};
 use crate::text::TextEncoder;
 use crate::vae::{Vae, VaeConfig};
-use crate::world::{ClipOptions, ClipSampler, Split, noise_hash, noise_uniform};
+use crate::world::{ClipOptions, ClipSampler, Split, noise_hash, noise_uniform, render_all};
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::ElementConversion;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -302,6 +301,7 @@ impl TrainVaeOptions {
     /// function of `(seed, step)` and the folder.
     #[cfg(feature = "gst")]
     fn decode_batch(&self, folder: &crate::videos::VideoFolder, step: usize) -> Result<RenderedBatch> {
+        use rayon::prelude::*;
         let (_, o) = self.batch_options(step);
         let mut sampler = crate::videos::VideoSampler::new(folder.clone(), noise_hash(self.seed, step as i64, 1));
         let requests: Vec<_> =
@@ -318,7 +318,7 @@ impl TrainVaeOptions {
         let (_, o) = self.batch_options(step);
         let mut sampler = ClipSampler::new(Split::Train, noise_hash(self.seed, step as i64, 1));
         let clips: Vec<_> = (0..self.batch).map(|_| sampler.next_clip(&o)).collect();
-        let frames = clips.par_iter().map(|c| c.render(false)).collect();
+        let frames = render_all(&clips);
         RenderedBatch { frames, captions: Some(clips.iter().map(|c| c.caption()).collect()) }
     }
 

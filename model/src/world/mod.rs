@@ -16,7 +16,7 @@ pub use caption::{
     HELD_OUT_COMBINATIONS, Phrasing, SlotPhrase, Split, caption_pieces, is_held_out_combination, parse, slot_phrases,
     split_of,
 };
-pub use clip::{Clip, ClipOptions, ClipSampler};
+pub use clip::{Clip, ClipOptions, ClipSampler, render_all};
 pub use noise::{hash as noise_hash, hash_f64 as noise_uniform};
 pub use render::World;
 pub use timeline::{Key, SceneState, Timeline, progress};
