@@ -19,10 +19,13 @@
 # clips at the tier's size and keeps the better, so that a run whose VAE learns too little in
 # its time still trains a denoiser on a working one; then trains the denoiser on it for
 # DEN_SECONDS (`--time-limit`: each stops after the first step past its limit, with a
-# checkpoint), exports both in f16, streams 20 s of video with the export (its speed, and a
-# contact sheet) and writes to $OUT what the machine can send back (at most 8 files of at most
-# 16 MB): vae.safetensors, the denoiser in parts of 15 MB, meta.tar.gz (the configs,
-# pipeline.json, the sheet, both runs' loss.csv) and log.txt. The runs live in RUNS
+# checkpoint; each rendered clip in REUSE batches, 2 by default: on the H200 the step waited
+# for its data three quarters of the time even so), exports both in f16, streams 20 s of video
+# with the export (its speed, and a contact sheet), measures it with `eval` on 24 held-out
+# prompts (EVAL_SECONDS at most; about 3 minutes on the H200) and writes to $OUT what the
+# machine can send back (at most 8 files of at most 16 MB): vae.safetensors, the denoiser in
+# parts of 15 MB, meta.tar.gz (the configs, pipeline.json, the sheet, both runs' loss.csv, the
+# evaluation's report) and log.txt. The runs live in RUNS
 # (/tmp/endless-gpu), outside the working tree, which the device tool copies afresh for every
 # call: a second `train` on the machine while it is still warm (it is handed back after 30 s
 # idle) resumes the denoiser for another DEN_SECONDS and exports that. Everything is an
@@ -89,7 +92,8 @@ train)
     local meta=()
     for f in "$runs/tier/vae.json" "$runs/tier/denoiser.json" "$runs/tier/pipeline.json" \
       "$runs/tier/sheet.png" "$runs/vae/loss.csv" "$runs/denoiser/loss.csv" \
-      "$runs/vae-trained.json" "$runs/vae-cpu.json"; do
+      "$runs/vae-trained.json" "$runs/vae-cpu.json" "$runs/eval/summary.json" \
+      "$runs/eval/report-conditioned.json"; do
       [ -f "$f" ] && meta+=("${f#"$runs"/}")
     done
     [ ${#meta[@]} -gt 0 ] && tar -C "$runs" -czf "$out/meta.tar.gz" "${meta[@]}"
@@ -137,7 +141,7 @@ train)
     echo "== the denoiser's VAE: $vae (trained $trained dB, cpu tier's $shipped dB)" >>"$log"
   fi
   step denoiser "$BIN" train "${resume[@]}" --preset medium --vae "$vae" --size "$size" \
-    --batch "${BATCH:-16}" --reuse "${REUSE:-1}" --steps 1000000 --lr 3e-4 --warmup 100 --text-noise 2 \
+    --batch "${BATCH:-16}" --reuse "${REUSE:-2}" --steps 1000000 --lr 3e-4 --warmup 100 --text-noise 2 \
     --checkpoint-every 250 --log-every 25 --time-limit "$den_seconds" --device "$device" \
     --out "$runs/denoiser"
   step export "$BIN" export --model "$runs/denoiser" --out "$runs/tier"
@@ -145,6 +149,13 @@ train)
   # pays for compiling the kernels), and what it shows.
   step sample timeout 60 "$BIN" sample --model "$runs/tier" --prompt "$PROMPT" --seconds 20 \
     --steps 4 --device "$device" --contact-sheet "$runs/tier/sheet.png"
+  # What it makes, measured there as `docs/MODEL_CARD.md` measures the cpu tier, all the
+  # prompts' streams in one batch: on the H200, 24 took about 3 minutes and 3 batches of 8 did
+  # not finish in 130 s. Its table ends the log.
+  rm -rf "$runs/eval"
+  step eval timeout "${EVAL_SECONDS:-240}" "$BIN" eval --model "$runs/tier" --cases "${EVAL_CASES:-24}" --clip-seconds 4 \
+    --drift-minutes 0 --switch-cases 0 --steps 8 --modes conditioned --batch 24 --seed 1 \
+    --device "$device" --out "$runs/eval" || true
   ;;
 
 smoke)
