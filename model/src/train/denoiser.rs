@@ -242,6 +242,11 @@ impl TrainDenoiserOptions {
     }
 
     /// A uniform number in [0, 1) for draw `k` of item `i` of step `step`.
+    /// Whether step `step` trains on single images (a share `image_fraction` of the steps).
+    fn image_step(&self, step: i64) -> bool {
+        self.uniform(step, 0, 1) < self.image_fraction
+    }
+
     pub(crate) fn uniform(&self, step: i64, i: usize, k: i64) -> f64 {
         noise_uniform(noise_hash(self.seed, step, 11), i as i64, k)
     }
@@ -402,7 +407,7 @@ impl<B: Backend> Encoder<B> {
 
     /// The batch drawn with `seed` (a step's, or a statistics batch's), every clip new.
     fn batch(&self, seed: u64, step: i64) -> Batch {
-        let image = self.o.uniform(step, 0, 1) < self.o.image_fraction;
+        let image = self.o.image_step(step);
         let latent_frames = if image { 1 } else { self.o.lead + self.o.window };
         self.assemble(self.clips(seed, self.o.batch, latent_frames), step, image)
     }
@@ -412,7 +417,7 @@ impl<B: Backend> Encoder<B> {
     fn step_batch(&mut self, step: i64) -> Batch {
         self.render_ahead(step);
         let (reuse, seed) = (self.o.reuse as i64, self.o.seed);
-        if reuse == 1 || self.o.uniform(step, 0, 1) < self.o.image_fraction {
+        if reuse == 1 || self.o.image_step(step) {
             return self.batch(noise_hash(seed, step, 1), step);
         }
         self.recent.retain(|(s, _)| (step - reuse + 1..=step).contains(s));
@@ -442,7 +447,7 @@ impl<B: Backend> Encoder<B> {
     /// render-ahead thread makes for it.
     fn renders(&self, step: i64) -> Vec<Clip> {
         let o = &self.o;
-        if o.uniform(step, 0, 1) < o.image_fraction {
+        if o.image_step(step) {
             return self.draw(noise_hash(o.seed, step, 1), o.batch, 1);
         }
         let (whole, n) = (o.lead + o.window, o.batch / o.reuse);
