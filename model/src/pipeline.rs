@@ -306,6 +306,25 @@ impl<B: Backend> Pipeline<B> {
         self.spec.save(dir)
     }
 
+    /// This pipeline for frames of `width × height`: the denoiser's positions and relative
+    /// biases resampled from the frame size it was trained at ([`Denoiser::resized`]; the VAE
+    /// is convolutional and runs at any size). The noise schedule stays the one the denoiser
+    /// learnt, since it reads the diffusion time, not the noise level: a run that goes on from
+    /// the result (`train --init-from`) keeps it too.
+    pub fn resized(self, width: usize, height: usize) -> Result<Pipeline<B>> {
+        let s = self.vae_config.spatial_factor() * self.denoiser_config.patch_size;
+        if width == 0 || height == 0 || !width.is_multiple_of(s) || !height.is_multiple_of(s) {
+            bail!("{width}x{height} is not a multiple of {s}, the VAE's factor times the patch");
+        }
+        let side = self.denoiser_config.max_latent_size * self.vae_config.spatial_factor();
+        if width > side || height > side {
+            bail!("{width}x{height} is larger than the denoiser's position table ({side}x{side})");
+        }
+        let grid = |w: usize, h: usize| [h / s, w / s];
+        let denoiser = self.denoiser.resized(grid(self.spec.width, self.spec.height), grid(width, height));
+        Ok(Pipeline { spec: PipelineSpec { width, height, ..self.spec }, denoiser, ..self })
+    }
+
     /// `[c, h, w]` of one latent frame.
     pub fn latent_frame(&self) -> [usize; 3] {
         let s = self.vae_config.spatial_factor();

@@ -25,6 +25,7 @@
 
 mod block;
 mod embed;
+mod resize;
 #[cfg(test)]
 mod tests;
 mod window;

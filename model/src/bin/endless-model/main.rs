@@ -112,6 +112,20 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Writes a pipeline for another frame size (e.g. the cpu tier for 256², to start the gpu
+    /// tier from): the denoiser's position table and relative position biases resampled from
+    /// the size it was trained at; f32, so that a run can go on from it (`train --init-from`).
+    Resize {
+        /// The pipeline folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// The new frame size, WIDTHxHEIGHT.
+        #[arg(long)]
+        size: Size,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Generates a video from a prompt with a pipeline folder, chunk by chunk as a stream.
     Sample(Box<generate::SampleArgs>),
     /// Reconstruction PSNR of a VAE checkpoint on held-out clips; JSON and a contact sheet.
@@ -321,6 +335,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Distill(args) => generate::distill(*args),
         Command::Sample(args) => generate::sample(*args),
         Command::Export { model, out } => export(&model, &out),
+        Command::Resize { model, size, out } => resize(&model, size, &out),
         Command::EvalVae(args) => eval::eval_vae(args),
         Command::TrainEvaluator(args) => eval::train_evaluator(args),
         Command::EvalEvaluator(args) => eval::eval_evaluator(args),
@@ -833,5 +848,16 @@ fn export(model: &std::path::Path, out: &std::path::Path) -> Result<()> {
     pipeline.export(model, out, endless_model::checkpoint::Precision::F16)?;
     let bytes: u64 = std::fs::read_dir(out)?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
     println!("wrote {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
+    Ok(())
+}
+
+fn resize(model: &std::path::Path, size: Size, out: &std::path::Path) -> Result<()> {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let pipeline = endless_model::pipeline::Pipeline::<B>::load(model, true, &device)?;
+    let from = (pipeline.spec.width, pipeline.spec.height);
+    let pipeline = pipeline.resized(size.width, size.height)?;
+    pipeline.export(model, out, endless_model::checkpoint::Precision::F32)?;
+    println!("wrote {}: {}x{} from {}x{}", out.display(), size.width, size.height, from.0, from.1);
     Ok(())
 }
