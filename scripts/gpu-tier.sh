@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the gpu tier (models/gpu: 256², the tiny VAE and the medium denoiser) in one call of a
+# Trains the gpu tier (models/gpu: 256², the tiny VAE and the cpu tier's denoiser) in one call of a
 # lent GPU machine, which has CUDA but no Rust, no network and a 64 MiB working tree, and lends
 # a session 15 minutes of device time: one ~9-minute command, so everything it needs is made
 # here first and it checkpoints by time, not by step count. Four verbs:
@@ -17,7 +17,9 @@
 # kernels took most of a minute, and the cpu tier's VAE reconstructs 256² at 27 dB), measures
 # it against the cpu tier's VAE (`models/cpu`, which runs at any size) on the same held-out
 # clips at the tier's size and keeps the better, so that a run whose VAE learns too little in
-# its time still trains a denoiser on a working one; then trains the denoiser on it for
+# its time still trains a denoiser on a working one; then trains the denoiser on it (on the cpu
+# tier's VAE, the cpu tier's denoiser resized to the tier's size, INIT; else the medium preset
+# from scratch) for
 # DEN_SECONDS (`--time-limit`: each stops after the first step past its limit, with a
 # checkpoint; each rendered clip in REUSE batches, 2 by default: on the H200 the step waited
 # for its data three quarters of the time even so), exports both in f16, streams 20 s of video
@@ -144,8 +146,23 @@ train)
     echo "$vae" >"$runs/vae-choice"
     echo "== the denoiser's VAE: $vae (trained $trained dB, cpu tier's $shipped dB)" >>"$log"
   fi
-  step denoiser "$BIN" train "${resume[@]}" --preset medium --vae "$vae" --size "$size" \
-    --batch "${BATCH:-16}" --reuse "${REUSE:-2}" --steps 1000000 --lr 3e-4 --warmup 100 --text-noise 2 \
+  # The denoiser starts from INIT's (the cpu tier's by default), resized to the tier's size,
+  # when it runs on INIT's VAE (the same weights: INIT may be a gpu tier that came back, on the
+  # cpu tier's VAE): the cpu tier's denoiser has had hours of training that 7 minutes from
+  # scratch do not catch up with. Otherwise (INIT empty, or a VAE trained here) the medium
+  # preset from scratch.
+  init="${INIT-models/cpu}"
+  if [ -f "$runs/init/pipeline.json" ] ||
+    { [ ${#resume[@]} -eq 0 ] && [ -n "$init" ] && cmp -s "$vae" "$init/vae.safetensors"; }; then
+    [ -f "$runs/init/pipeline.json" ] || step resize "$BIN" resize --model "$init" --size "$size" --out "$runs/init"
+    start=(--init-from "$runs/init")
+    lr="${LR:-1e-4}"
+  else
+    start=(--preset medium --vae "$vae" --size "$size")
+    lr="${LR:-3e-4}"
+  fi
+  step denoiser "$BIN" train "${resume[@]}" "${start[@]}" \
+    --batch "${BATCH:-16}" --reuse "${REUSE:-2}" --steps 1000000 --lr "$lr" --warmup 100 --text-noise 2 \
     --checkpoint-every 250 --log-every 25 --time-limit "$den_seconds" --device "$device" \
     --out "$runs/denoiser"
   step export "$BIN" export --model "$runs/denoiser" --out "$runs/tier"
