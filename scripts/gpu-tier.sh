@@ -18,8 +18,8 @@
 # it against the cpu tier's VAE (`models/cpu`, which runs at any size) on the same held-out
 # clips at the tier's size and keeps the better, so that a run whose VAE learns too little in
 # its time still trains a denoiser on a working one; then trains the denoiser on it (on the cpu
-# tier's VAE, the cpu tier's denoiser resized to the tier's size, INIT; else the medium preset
-# from scratch) for
+# tier's VAE, from INIT resized to the tier's size: the shipped gpu tier, or the cpu tier where
+# none ships; else the medium preset from scratch) for
 # DEN_SECONDS (`--time-limit`: each stops after the first step past its limit, with a
 # checkpoint; each rendered clip in REUSE batches, 2 by default: on the H200 the step waited
 # for its data three quarters of the time even so), exports both in f16, streams 20 s of video
@@ -146,12 +146,14 @@ train)
     echo "$vae" >"$runs/vae-choice"
     echo "== the denoiser's VAE: $vae (trained $trained dB, cpu tier's $shipped dB)" >>"$log"
   fi
-  # The denoiser starts from INIT's (the cpu tier's by default), resized to the tier's size,
-  # when it runs on INIT's VAE (the same weights: INIT may be a gpu tier that came back, on the
-  # cpu tier's VAE): the cpu tier's denoiser has had hours of training that 7 minutes from
-  # scratch do not catch up with. Otherwise (INIT empty, or a VAE trained here) the medium
-  # preset from scratch.
-  init="${INIT-models/cpu}"
+  # The denoiser starts from INIT's, resized to the tier's size, when it runs on INIT's VAE (the
+  # same weights): by default the shipped gpu tier's (trained on from the cpu tier's at 256²
+  # on the CPU) or, without one, the cpu tier's, which has had hours of training that 7
+  # minutes from scratch do not catch up with; INIT may also be a gpu tier that came back.
+  # Otherwise (INIT empty, or a VAE trained here) the medium preset from scratch.
+  default_init=models/cpu
+  [ -f models/gpu/pipeline.json ] && default_init=models/gpu
+  init="${INIT-$default_init}"
   if [ -f "$runs/init/pipeline.json" ] ||
     { [ ${#resume[@]} -eq 0 ] && [ -n "$init" ] && cmp -s "$vae" "$init/vae.safetensors"; }; then
     [ -f "$runs/init/pipeline.json" ] || step resize "$BIN" resize --model "$init" --size "$size" --out "$runs/init"
