@@ -147,9 +147,9 @@ train)
     echo "== the denoiser's VAE: $vae (trained $trained dB, cpu tier's $shipped dB)" >>"$log"
   fi
   # The denoiser starts from INIT's, resized to the tier's size, when it runs on INIT's VAE (the
-  # same weights): by default the shipped gpu tier's (trained on from the cpu tier's at 256²
-  # on the CPU) or, without one, the cpu tier's, which has had hours of training that 7
-  # minutes from scratch do not catch up with; INIT may also be a gpu tier that came back.
+  # same weights): by default the gpu tier's once one has landed in models/gpu, so that GPU
+  # sessions add up, or, while none ships, the cpu tier's, which has had hours of training that
+  # 7 minutes from scratch do not catch up with; INIT may also be a gpu tier that came back.
   # Otherwise (INIT empty, or a VAE trained here) the medium preset from scratch.
   default_init=models/cpu
   [ -f models/gpu/pipeline.json ] && default_init=models/gpu
