@@ -309,7 +309,8 @@ impl<B: Backend> Pipeline<B> {
     /// This pipeline for frames of `width × height`: the denoiser's positions and relative
     /// biases resampled from the frame size it was trained at ([`Denoiser::resized`]; the VAE
     /// is convolutional and runs at any size). The noise schedule stays the one the denoiser
-    /// learnt, since it reads the diffusion time, not the noise level: a run that goes on from
+    /// learnt: shifted for the new size (*simple diffusion*), it meets noisier latents than it
+    /// learnt at every time, which measured worse (docs/MODEL_CARD.md). A run that goes on from
     /// the result (`train --init-from`) keeps it too.
     pub fn resized(self, width: usize, height: usize) -> Result<Pipeline<B>> {
         let s = self.vae_config.spatial_factor() * self.denoiser_config.patch_size;
