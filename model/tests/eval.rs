@@ -170,3 +170,38 @@ fn the_shipped_evaluator_reads_held_out_clips() {
     }
     assert!(get(&report.accuracy_steady, "camera") >= 0.95, "camera: {:?}", report.accuracy_steady);
 }
+
+#[test]
+fn the_loss_by_noise_level_does_not_depend_on_the_batch() {
+    use endless_model::eval::{LossEvalOptions, evaluate_loss};
+    let Some(text_dir) = dir_for_tests() else { return };
+    let out = dir("loss");
+    micro_pipeline(&out, &text_dir, 2).unwrap();
+    let device = Default::default();
+    let pipeline = Pipeline::<Flex>::load(&out, true, &device).unwrap();
+    let text = TextEncoder::<Flex>::load(&text_dir, &device).unwrap();
+    let o = LossEvalOptions {
+        cases: 3,
+        split: Split::HeldOut,
+        phrasing: Split::HeldOut,
+        levels: vec![-6.0, 0.0, 6.0],
+        batch: 3,
+        seed: 4,
+    };
+    let together = evaluate_loss(&pipeline, &text, &o, &device);
+    let alone = evaluate_loss(&pipeline, &text, &LossEvalOptions { batch: 1, ..o.clone() }, &device);
+    assert_eq!((together.clips, together.logsnr.len(), together.time.len()), (3, 3, 3));
+    for (name, a, b) in [
+        ("text", &together.text, &alone.text),
+        ("no text", &together.no_text, &alone.no_text),
+        ("continued", &together.continued, &alone.continued),
+    ] {
+        for (x, y) in a.iter().zip(b.iter()) {
+            assert!(x.is_finite() && *x > 0.0, "{name}: {a:?}");
+            assert!((x - y).abs() <= 1e-4 * x, "{name}: batched {a:?}, alone {b:?}");
+        }
+    }
+    // Later times are noisier.
+    assert!(together.time.windows(2).all(|w| w[0] > w[1]), "{:?}", together.time);
+    let _ = std::fs::remove_dir_all(&out);
+}

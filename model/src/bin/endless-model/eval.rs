@@ -439,6 +439,127 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+pub struct EvalLossArgs {
+    /// A pipeline folder; repeatable, to compare pipelines of one size on the same clips.
+    #[arg(long, required = true)]
+    model: Vec<PathBuf>,
+    /// Test prompts, one world clip of a window's length each.
+    #[arg(long, default_value_t = 24)]
+    cases: usize,
+    /// Whose combinations of attributes: "held-out" or "train".
+    #[arg(long, default_value = "held-out", value_parser = parse_split)]
+    split: Split,
+    /// The words of the prompts: "held-out" or "train" (default: --split's).
+    #[arg(long, value_parser = parse_split)]
+    phrasing: Option<Split>,
+    /// log SNR of each level.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_values_t = endless_model::eval::loss::DEFAULT_LEVELS)]
+    levels: Vec<f64>,
+    /// Clips per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    no_ema: bool,
+    /// all-MiniLM-L6-v2 folder (default: $ENDLESS_MINILM_DIR, else ~/.cache/endless/minilm).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// JSON: each pipeline's report.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: DeviceKind,
+}
+
+pub fn eval_loss(args: EvalLossArgs) -> Result<()> {
+    on_device!(args.device, eval_loss_on, &args)
+}
+
+fn eval_loss_on<B: Backend>(device: &B::Device, args: &EvalLossArgs) -> Result<()> {
+    use endless_model::eval::{LossEvalOptions, evaluate_loss};
+    use endless_model::pipeline::Pipeline;
+    use endless_model::text::{TextEncoder, default_dir};
+    let text_dir = args.text.clone().unwrap_or_else(default_dir);
+    let text = TextEncoder::<B>::load(&text_dir, device)
+        .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;
+    let o = LossEvalOptions {
+        cases: args.cases,
+        split: args.split,
+        phrasing: args.phrasing.unwrap_or(args.split),
+        levels: args.levels.clone(),
+        batch: args.batch,
+        seed: args.seed,
+    };
+    let mut reports = Vec::new();
+    for model in &args.model {
+        let pipeline = Pipeline::<B>::load(model, !args.no_ema, device)?;
+        let started = std::time::Instant::now();
+        let report = evaluate_loss(&pipeline, &text, &o, device);
+        eprintln!("{}: {:.1} s", model.display(), started.elapsed().as_secs_f64());
+        reports.push((model.display().to_string(), report));
+    }
+    let Some((_, first)) = reports.first() else { return Ok(()) };
+    println!(
+        "v-prediction MSE on {} world clips of {} latent frames ({} combinations, {} words, seed {}); \
+         continued: {} frames given",
+        first.clips,
+        first.latent_frames,
+        split_name(o.split),
+        split_name(o.phrasing),
+        o.seed,
+        endless_model::eval::loss::CONTINUED_GIVEN
+    );
+    let mut header = String::from("| log SNR |");
+    let mut rule = String::from("|---|");
+    for (name, _) in &reports {
+        header += &format!(" {name}: text / self-conditioned / no text / continued |");
+        rule += "---|";
+    }
+    println!("{header}\n{rule}");
+    for (k, lambda) in o.levels.iter().enumerate() {
+        let cells: Vec<String> = reports
+            .iter()
+            .map(|(_, r)| {
+                format!(
+                    " {:.4} / {:.4} / {:.4} / {:.4} |",
+                    r.text[k], r.self_conditioned[k], r.no_text[k], r.continued[k]
+                )
+            })
+            .collect();
+        println!("| {lambda} |{}", cells.concat());
+    }
+    let means: Vec<String> = reports
+        .iter()
+        .map(|(_, r)| {
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            format!(
+                " {:.4} / {:.4} / {:.4} / {:.4} |",
+                mean(&r.text),
+                mean(&r.self_conditioned),
+                mean(&r.no_text),
+                mean(&r.continued)
+            )
+        })
+        .collect();
+    println!("| mean |{}", means.concat());
+    if let Some(p) = &args.json {
+        let json: serde_json::Map<String, serde_json::Value> =
+            reports.iter().map(|(name, r)| Ok((name.clone(), serde_json::to_value(r)?))).collect::<Result<_>>()?;
+        std::fs::write(p, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn split_name(s: Split) -> &'static str {
+    match s {
+        Split::HeldOut => "held-out",
+        Split::Train => "train",
+    }
+}
+
 fn parse_split(s: &str) -> Result<Split, String> {
     match s {
         "held-out" => Ok(Split::HeldOut),

@@ -140,6 +140,11 @@ enum Command {
     /// chunk-boundary jump, camera motion, drift per minute, prompt-switch response; one
     /// report per extension mode (the ablation). JSON and PNG plots in --out.
     Eval(Box<eval::EvalArgs>),
+    /// The denoiser's v-prediction loss on world clips of test prompts, at fixed log-SNR
+    /// levels, from noise with and without the prompt and continuing given frames; the same
+    /// clips and noise for every pipeline of a size, so checkpoints compare level by level.
+    /// Prints a table; JSON with --json.
+    EvalLoss(eval::EvalLossArgs),
     /// Trains the video VAE on the procedural world, on the device chosen with --device:
     /// checkpoints, loss.csv and loss.png in --out.
     TrainVae(Box<TrainVaeArgs>),
@@ -340,6 +345,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainEvaluator(args) => eval::train_evaluator(args),
         Command::EvalEvaluator(args) => eval::eval_evaluator(args),
         Command::Eval(args) => eval::eval(*args),
+        Command::EvalLoss(args) => eval::eval_loss(args),
         Command::TrainVae(args) => {
             let TrainVaeArgs {
                 preset,
