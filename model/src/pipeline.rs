@@ -68,10 +68,30 @@ pub struct PipelineSpec {
     /// gives it none otherwise.
     #[serde(default)]
     pub anchors: bool,
+    /// Noise augmentation of the context: the standard deviation of the variance-preserving
+    /// Gaussian noise the given frames (recent latents and anchors) get as the denoiser's
+    /// conditioning input, `√(1 − s²)·x + s·ε`, when it was trained on context noised so
+    /// (`train --context-noise`; half its maximum). Its own errors then look to it like noise
+    /// it learnt to see through, instead of a clean past to carry on. 0: clean context.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub context_noise: f64,
     /// Set when the denoiser is a progressively distilled student ([`crate::train::distill`]):
     /// it samples in `steps` DDIM steps with one pass each, its teacher's guidance built in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distilled: Option<Distilled>,
+}
+
+/// The noise stream of a chunk's context noise ([`PipelineSpec::context_noise`]), apart from
+/// its initial noise (0), its replacement noise (2 + step) and its DDIM noise (1,000,000 + step).
+const CONTEXT_NOISE_STREAM: u64 = 2_000_000;
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// `x` with variance-preserving Gaussian noise of standard deviation `s`: `√(1 − s²)·x + s·ε`.
+pub fn noised_context<B: Backend, const D: usize>(x: Tensor<B, D>, eps: Tensor<B, D>, s: f64) -> Tensor<B, D> {
+    x.mul_scalar((1.0 - s * s).sqrt()) + eps.mul_scalar(s)
 }
 
 /// The mean and standard deviation of every latent channel.
@@ -518,14 +538,23 @@ impl<B: Backend> Pipeline<B> {
         let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask_values, [b, t]), &device);
         let mask5 = mask.clone().reshape([b, 1, t, 1, 1]).expand([b, c, t, h, w]);
         let any_context = given.iter().any(|&k| k > 0);
-        let context = (any_context && settings.mode.conditions())
-            .then(|| FrameContext { latents: clean.clone(), frame_mask: mask.clone() });
         let text = TextCondition::from(TextBatch::<B>::from_embeddings(
             &requests.iter().map(|r| r.text.clone()).collect::<Vec<_>>(),
             &device,
         ));
         let per_request =
             |stream: u64| Tensor::stack::<5>(requests.iter().map(|r| self.noise(r, stream, t, &device)).collect(), 0);
+        // What the denoiser is conditioned on: the given frames, noised as it was trained to
+        // see them (`spec.context_noise`); replacement and reconstruction guidance keep them clean.
+        let context = (any_context && settings.mode.conditions()).then(|| {
+            let s = self.spec.context_noise;
+            let latents = if s > 0.0 {
+                noised_context(clean.clone(), per_request(CONTEXT_NOISE_STREAM), s)
+            } else {
+                clean.clone()
+            };
+            FrameContext { latents, frame_mask: mask.clone() }
+        });
         let ddim = Ddim { schedule: self.spec.schedule, steps: settings.steps, eta: settings.eta };
         // Replacement: the given frames as q(z_t | x) before every step.
         let replace = |z: Tensor<B, 5>, time: f64, index: usize| {

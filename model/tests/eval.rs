@@ -18,6 +18,17 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
+/// A micro pipeline trained `steps` steps in a fresh folder, loaded, with the text encoder;
+/// `None` without the text encoder.
+fn micro(name: &str, steps: usize) -> Option<(PathBuf, Pipeline<Flex>, TextEncoder<Flex>)> {
+    let text_dir = dir_for_tests()?;
+    let out = dir(name);
+    micro_pipeline(&out, &text_dir, steps).unwrap();
+    let device = Default::default();
+    let pipeline = Pipeline::<Flex>::load(&out, true, &device).unwrap();
+    Some((out, pipeline, TextEncoder::<Flex>::load(&text_dir, &device).unwrap()))
+}
+
 fn settings(mode: ExtendMode) -> SamplerSettings {
     SamplerSettings { steps: 2, eta: 0.0, guidance: Guidance { text: 2.0, context: 1.0 }, mode }
 }
@@ -174,12 +185,8 @@ fn the_shipped_evaluator_reads_held_out_clips() {
 #[test]
 fn the_loss_by_noise_level_does_not_depend_on_the_batch() {
     use endless_model::eval::{LossEvalOptions, evaluate_loss};
-    let Some(text_dir) = dir_for_tests() else { return };
-    let out = dir("loss");
-    micro_pipeline(&out, &text_dir, 2).unwrap();
+    let Some((out, pipeline, text)) = micro("loss", 2) else { return };
     let device = Default::default();
-    let pipeline = Pipeline::<Flex>::load(&out, true, &device).unwrap();
-    let text = TextEncoder::<Flex>::load(&text_dir, &device).unwrap();
     let o = LossEvalOptions {
         cases: 3,
         split: Split::HeldOut,
@@ -203,5 +210,45 @@ fn the_loss_by_noise_level_does_not_depend_on_the_batch() {
     }
     // Later times are noisier.
     assert!(together.time.windows(2).all(|w| w[0] > w[1]), "{:?}", together.time);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn context_noise_reaches_the_context_and_nothing_else() {
+    // Trained past its first steps, so that its output follows its context channels (the
+    // output layer starts at zero).
+    let Some((out, clean, text)) = micro("context-noise", 16) else { return };
+    assert_eq!(clean.spec.context_noise, 0.0, "trained without it, a pipeline samples without it");
+    let mut noisy = clean.clone();
+    noisy.spec.context_noise = 0.3;
+    let case = &held_out_cases(1, 2)[0];
+    let conditioned = settings(ExtendMode::Conditioned);
+    let first = |p: &Pipeline<Flex>| {
+        let request = RollingContext::new(ContextLayout::recent(1)).request(case.seed, 0, text.embed(&case.prompt));
+        p.generate(&[request], &conditioned).remove(0)
+    };
+    // A first chunk has no context: the same with and without.
+    let (a, b) = (first(&clean), first(&noisy));
+    assert_eq!(a.to_data(), b.to_data());
+    // A chunk that goes on from it is conditioned on noised latents, so it differs, and the
+    // noise is the chunk's own: the same again.
+    let next = |p: &Pipeline<Flex>| {
+        let mut rolling = RollingContext::new(ContextLayout::recent(1));
+        rolling.push(a.clone());
+        p.generate(&[rolling.request(case.seed, 1, text.embed(&case.prompt))], &conditioned).remove(0)
+    };
+    let (c, d) = (next(&clean), next(&noisy));
+    // Sampling is deterministic, so without the noise the chunks would be equal bit for bit.
+    let moved = (c - d.clone()).abs().max().into_scalar();
+    assert!(moved > 0.0, "the context noise did not move the chunk");
+    assert_eq!(next(&noisy).to_data(), d.to_data());
+    // Replacement does not condition on the context: the noise does not reach it.
+    let replacement = settings(ExtendMode::Replacement);
+    let replaced = |p: &Pipeline<Flex>| {
+        let mut rolling = RollingContext::new(ContextLayout::recent(1));
+        rolling.push(a.clone());
+        p.generate(&[rolling.request(case.seed, 1, text.embed(&case.prompt))], &replacement).remove(0)
+    };
+    assert_eq!(replaced(&clean).to_data(), replaced(&noisy).to_data());
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -31,6 +31,11 @@
 //!   `d` latent frames before the next (`d` log-uniform in `1..=max_anchor_distance`), given
 //!   clean with its distance ([`FramePosition::Anchor`]), followed by 1 or 2 clean recent
 //!   latents: the layout a stream's chunks have once it holds anchors ([`crate::rolling`]).
+//! - **Context noise augmentation** (the remedy for compounding errors that cascaded models
+//!   and GameNGen use): with `context_noise` > 0 each clip's given frames reach the denoiser
+//!   noised, `√(1 − s²)·x + s·ε` with `s` uniform in `[0, context_noise)`, and the pipeline
+//!   samples with the middle level. A stream conditions every chunk on latents it made itself;
+//!   trained on clean context only, the denoiser carries their errors on and they compound.
 //! - **Text dropout** replaces a prompt by the null prompt with probability `text_dropout`
 //!   (classifier-free guidance).
 //! - **Conditioning augmentation** (StackGAN's, without its learnt variance): with
@@ -113,6 +118,11 @@ pub struct TrainDenoiserOptions {
     /// Conditioning augmentation: Gaussian noise on each text vector (every token state and
     /// the pooled embedding) with a standard deviation of this times the vector's RMS; 0: none.
     pub text_noise: f64,
+    /// Noise augmentation of the context: each clip's given frames (past latents and anchors)
+    /// reach the denoiser as `√(1 − s²)·x + s·ε`, `s` uniform in `[0, context_noise)` per clip;
+    /// the pipeline then samples with `s` = half of it ([`PipelineSpec::context_noise`]). 0:
+    /// clean context.
+    pub context_noise: f64,
     /// Weight of the motion term: the MSE of the v error's differences between consecutive
     /// latent frames ([`motion_term`]); 0: none.
     pub motion_weight: f64,
@@ -182,6 +192,7 @@ impl TrainDenoiserOptions {
             max_anchor_distance: 128,
             text_dropout: 0.1,
             text_noise: 0.0,
+            context_noise: 0.0,
             motion_weight: 0.0,
             self_condition: 0.5,
             schedule_base: 8,
@@ -198,7 +209,7 @@ impl TrainDenoiserOptions {
     }
 
     /// Options shaped as the pipeline in `from`: its frame size, rate, window, VAE and model;
-    /// its anchors when it was trained with them. With the pipeline's spec.
+    /// its anchors and context noise when it was trained with them. With the pipeline's spec.
     fn shaped_as(from: &Path, text: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Result<(PipelineSpec, Self)> {
         let spec = PipelineSpec::load(from)?;
         let config: DenoiserConfig = checkpoint::read_config(&crate::pipeline::denoiser_path(from, true))?;
@@ -208,6 +219,8 @@ impl TrainDenoiserOptions {
             fps: spec.fps,
             window: spec.window,
             anchor_fraction: if spec.anchors { 0.25 } else { 0.0 },
+            // The context it was trained on: twice the level it samples with.
+            context_noise: 2.0 * spec.context_noise,
             ..TrainDenoiserOptions::new(config, from.join(VAE_FILE), text, out)
         };
         Ok((spec, options))
@@ -294,10 +307,19 @@ impl TrainDenoiserOptions {
         if !(0.0..=10.0).contains(&self.text_noise) {
             bail!("the text noise must be in [0, 10] (times each vector's RMS)");
         }
+        if !(0.0..1.0).contains(&self.context_noise) {
+            bail!("the context noise must be in [0, 1) (a standard deviation of unit-variance latents)");
+        }
         if !(0.0..=100.0).contains(&self.motion_weight) {
             bail!("the motion weight must be in [0, 100]");
         }
         self.optim.validate()
+    }
+
+    /// The context noise the pipeline samples with: half the largest it trained on, the middle
+    /// of what it saw.
+    pub fn sampling_context_noise(&self) -> f64 {
+        self.context_noise / 2.0
     }
 
     /// The diffusion schedule of these latents.
@@ -686,7 +708,10 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
                     );
                 }
                 // Anchors learnt now count as much as anchors learnt before.
-                PipelineSpec { anchors: spec.anchors || o.anchor_fraction > 0.0, ..spec }
+                // A run with context noise samples with its own; one without keeps what the
+                // pipeline it goes on from samples with.
+                let context_noise = if o.context_noise > 0.0 { o.sampling_context_noise() } else { spec.context_noise };
+                PipelineSpec { anchors: spec.anchors || o.anchor_fraction > 0.0, context_noise, ..spec }
             }
             (None, None) => {
                 let started = Instant::now();
@@ -709,6 +734,7 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
                     channels: Some(channels),
                     schedule: o.schedule(&vae_config),
                     anchors: o.anchor_fraction > 0.0,
+                    context_noise: o.sampling_context_noise(),
                     distilled: None,
                 }
             }
@@ -897,7 +923,7 @@ pub(crate) fn conditions<B: Backend>(
     let positions =
         anchors.map(|distances| distances.iter().map(|&d| FramePosition::window(&[d], t - 1)).collect::<Vec<_>>());
     let context = given.iter().any(|&g| g).then(|| FrameContext {
-        latents: x.clone(),
+        latents: if o.context_noise > 0.0 { context_noised(o, x.clone(), step) } else { x.clone() },
         frame_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(given.clone(), [b, t]), &device),
     });
     let dropped: Vec<bool> = (0..b).map(|i| o.uniform(step, i, 6) < text_dropout).collect();
@@ -905,6 +931,19 @@ pub(crate) fn conditions<B: Backend>(
     let text = if text_noise > 0.0 { text_augmented(text, text_noise, noise_hash(o.seed, step, 13)) } else { text };
     let text = text.drop_where(Tensor::from_data(TensorData::new(dropped, [b]), &device));
     Conditions { given, context, positions, text }
+}
+
+/// Noise augmentation of the context: `x` (`[b, c, t, h, w]`) with each clip's own
+/// variance-preserving noise ([`crate::pipeline::noised_context`]) of a standard deviation
+/// uniform in `[0, o.context_noise)`, drawn from `(seed, step)`.
+pub(crate) fn context_noised<B: Backend>(o: &TrainDenoiserOptions, x: Tensor<B, 5>, step: i64) -> Tensor<B, 5> {
+    let dims @ [b, ..] = x.dims();
+    let device = x.device();
+    let levels: Vec<f32> = (0..b).map(|i| (o.uniform(step, i, 14) * o.context_noise) as f32).collect();
+    let s = Tensor::<B, 5>::from_data(TensorData::new(levels, [b, 1, 1, 1, 1]), &device);
+    let eps = gaussian_tensor::<B, 5>(noise_hash(o.seed, step, 15), 0, dims, &device);
+    let keep = (s.clone().square().neg() + 1.0).sqrt();
+    x * keep + eps * s
 }
 
 /// Conditioning augmentation: `text` with Gaussian noise (stream `seed`) on every token state
@@ -1043,6 +1082,34 @@ mod tests {
         let other = text_augmented(clean, sigma, 4);
         let moved = (other.tokens - noisy.tokens).abs().max().into_scalar();
         assert!(moved > 1.0, "another seed moves the tokens by {moved}");
+    }
+
+    #[test]
+    fn context_noise_is_each_clips_own_level_and_seeded() {
+        let root = std::env::temp_dir().join("endless-context-noise-unused");
+        let o = TrainDenoiserOptions { context_noise: 0.6, ..micro_options(&root, &root, &root) };
+        let x = gaussian_tensor::<Flex, 5>(99, 0, [8, 4, 3, 8, 8], &Default::default());
+        let noisy = context_noised(&o, x.clone(), 7);
+        let mut levels = Vec::new();
+        for i in 0..8 {
+            let clean: Vec<f32> = x.clone().narrow(0, i, 1).into_data().to_vec().unwrap();
+            let got: Vec<f32> = noisy.clone().narrow(0, i, 1).into_data().to_vec().unwrap();
+            // got = k·x + s·ε with ε independent of x: k is the regression slope of got on x,
+            // s the RMS of what is left, and variance is kept: k² + s² = 1.
+            let (xx, xy) = clean.iter().zip(&got).fold((0.0, 0.0), |(xx, xy), (a, b)| (xx + a * a, xy + a * b));
+            let k = xy / xx;
+            let rest = clean.iter().zip(&got).map(|(a, b)| (b - k * a).powi(2)).sum::<f32>() / got.len() as f32;
+            let s = rest.sqrt();
+            assert!((k * k + s * s - 1.0).abs() < 0.1, "clip {i}: slope {k}, noise {s}");
+            assert!(s < 0.6 + 0.05, "clip {i}: noise {s}");
+            levels.push(s);
+        }
+        let spread = levels.iter().cloned().fold(0.0f32, f32::max) - levels.iter().cloned().fold(1.0f32, f32::min);
+        assert!(spread > 0.1, "every clip draws its own level: {levels:?}");
+        let again = context_noised(&o, x.clone(), 7);
+        assert_eq!(again.to_data(), noisy.to_data(), "the same step draws the same noise");
+        let other = context_noised(&o, x, 8);
+        assert!((other - noisy).abs().max().into_scalar() > 0.1, "another step draws other noise");
     }
 
     #[test]

@@ -149,6 +149,12 @@ pub struct TrainArgs {
     /// pooled embedding), this many times the vector's RMS; 0 turns it off.
     #[arg(long, default_value_t = 0.0)]
     text_noise: f64,
+    /// Noise augmentation of the context: each clip's given frames get variance-preserving
+    /// Gaussian noise of a standard deviation uniform in [0, this); the pipeline samples with
+    /// half of it. 0 turns it off. Default: what the pipeline of --init-from was trained with,
+    /// else 0.
+    #[arg(long)]
+    context_noise: Option<f64>,
     /// Weight of a motion term added to the loss: the MSE of the error's changes from one
     /// latent frame to the next; 0 turns it off.
     #[arg(long, default_value_t = 0.0)]
@@ -225,6 +231,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         max_anchor_distance: args.max_anchor_distance,
         text_dropout: args.text_dropout,
         text_noise: args.text_noise,
+        context_noise: args.context_noise.unwrap_or(base.context_noise),
         motion_weight: args.motion_weight,
         self_condition: args.self_condition,
         seed: args.run.seed,
