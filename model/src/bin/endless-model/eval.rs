@@ -325,14 +325,11 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
     use endless_model::eval::{GenerationEvalOptions, GenerationReport, evaluate_generation};
     use endless_model::pipeline::{Pipeline, SamplerSettings};
     use endless_model::rolling::ContextLayout;
-    use endless_model::text::{TextEncoder, default_dir};
     use endless_model::train::{load_evaluator, write_series_plot};
     let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
     crate::generate::say_if_distilled(&pipeline);
     let evaluator = load_evaluator::<B>(&args.evaluator, device)?;
-    let text_dir = args.text.clone().unwrap_or_else(default_dir);
-    let text = TextEncoder::<B>::load(&text_dir, device)
-        .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;
+    let text = crate::generate::load_text::<B>(&args.text, device)?;
     std::fs::create_dir_all(&args.out)?;
     let mut reports: Vec<(String, GenerationReport)> = Vec::new();
     for name in &args.modes {
@@ -481,10 +478,7 @@ pub fn eval_loss(args: EvalLossArgs) -> Result<()> {
 fn eval_loss_on<B: Backend>(device: &B::Device, args: &EvalLossArgs) -> Result<()> {
     use endless_model::eval::{LossEvalOptions, evaluate_loss};
     use endless_model::pipeline::Pipeline;
-    use endless_model::text::{TextEncoder, default_dir};
-    let text_dir = args.text.clone().unwrap_or_else(default_dir);
-    let text = TextEncoder::<B>::load(&text_dir, device)
-        .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;
+    let text = crate::generate::load_text::<B>(&args.text, device)?;
     let o = LossEvalOptions {
         cases: args.cases,
         split: args.split,

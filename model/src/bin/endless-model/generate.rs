@@ -359,9 +359,7 @@ fn distill_on<B: AutodiffBackend>(
         }
     };
     let reference = Pipeline::<B::InnerBackend>::load(&reference_dir, true, device)?;
-    let text_dir = args.text.clone().unwrap_or_else(default_dir);
-    let text = TextEncoder::<B::InnerBackend>::load(&text_dir, device)
-        .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;
+    let text = load_text::<B::InnerBackend>(&args.text, device)?;
     let prompts: Vec<_> = endless_model::eval::held_out_cases(args.report_prompts.max(1), args.run.seed)
         .iter()
         .map(|case| text.embed(&case.prompt))
@@ -445,6 +443,13 @@ pub fn say_if_distilled<B: Backend>(pipeline: &Pipeline<B>) {
     }
 }
 
+/// The text encoder in `dir`, or where it is by default ($ENDLESS_MINILM_DIR, else
+/// ~/.cache/endless/minilm).
+pub(crate) fn load_text<B: Backend>(dir: &Option<PathBuf>, device: &B::Device) -> Result<TextEncoder<B>> {
+    let dir = dir.clone().unwrap_or_else(default_dir);
+    TextEncoder::<B>::load(&dir, device).with_context(|| format!("loading the text encoder from {}", dir.display()))
+}
+
 /// An extension mode by name; `weight` is the reconstruction-guidance weight of `guided`.
 pub fn parse_mode(name: &str, weight: f64) -> Result<ExtendMode> {
     Ok(match name {
@@ -477,9 +482,7 @@ fn sample_on<B: Backend>(device: &B::Device, args: &SampleArgs, settings: &Sampl
     let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
     say_if_distilled(&pipeline);
     let settings = &pipeline.spec.sampler(*settings);
-    let text_dir = args.text.clone().unwrap_or_else(default_dir);
-    let text = TextEncoder::<B>::load(&text_dir, device)
-        .with_context(|| format!("loading the text encoder from {}", text_dir.display()))?;
+    let text = load_text::<B>(&args.text, device)?;
     let spec = &pipeline.spec;
     let size = Size { width: spec.width, height: spec.height };
     let wanted = (args.seconds * spec.fps).round().max(1.0) as usize;
