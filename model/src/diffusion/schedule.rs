@@ -53,8 +53,20 @@ impl Schedule {
 
     /// α_t and σ_t.
     pub fn at(&self, t: f64) -> Coefficients {
-        let l = self.logsnr(t);
-        Coefficients { alpha: sigmoid(l).sqrt(), sigma: sigmoid(-l).sqrt() }
+        Coefficients::at_logsnr(self.logsnr(t))
+    }
+
+    /// The time at which this schedule reaches log SNR `lambda` (the inverse of
+    /// [`Schedule::logsnr`] inside its clipping).
+    pub fn time_of(&self, lambda: f64) -> f64 {
+        (2.0 / std::f64::consts::PI) * (-(lambda - self.logsnr_shift) / 2.0).exp().atan()
+    }
+}
+
+impl Coefficients {
+    /// α and σ of log SNR `lambda`: α² = sigmoid(λ), σ² = sigmoid(−λ).
+    pub fn at_logsnr(lambda: f64) -> Coefficients {
+        Coefficients { alpha: sigmoid(lambda).sqrt(), sigma: sigmoid(-lambda).sqrt() }
     }
 }
 
@@ -83,6 +95,20 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
     use burn::tensor::TensorData;
+
+    #[test]
+    fn time_of_inverts_the_shifted_schedule() {
+        for shift in [0.0, -1.386, -2.77] {
+            let schedule = Schedule { logsnr_shift: shift, ..Schedule::default() };
+            for lambda in [-9.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 7.0] {
+                let t = schedule.time_of(lambda);
+                assert!((0.0..=1.0).contains(&t));
+                assert!((schedule.logsnr(t) - lambda).abs() < 1e-9, "shift {shift}, λ {lambda}: t {t}");
+                let (c, s) = (Coefficients::at_logsnr(lambda), schedule.at(t));
+                assert!((c.alpha - s.alpha).abs() < 1e-9 && (c.sigma - s.sigma).abs() < 1e-9);
+            }
+        }
+    }
 
     #[test]
     fn the_schedule_runs_from_signal_to_noise() {

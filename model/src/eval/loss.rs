@@ -63,18 +63,6 @@ pub struct LossReport {
     pub continued: Vec<f64>,
 }
 
-/// The time at which `logsnr_shift`'s shifted cosine schedule reaches log SNR `lambda`
-/// (the inverse of [`crate::diffusion::Schedule::logsnr`] inside its clipping).
-pub fn time_of(lambda: f64, logsnr_shift: f64) -> f64 {
-    (2.0 / std::f64::consts::PI) * (-(lambda - logsnr_shift) / 2.0).exp().atan()
-}
-
-/// α and σ of log SNR `lambda`.
-fn coefficients_of(lambda: f64) -> Coefficients {
-    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-    Coefficients { alpha: sigmoid(lambda).sqrt(), sigma: sigmoid(-lambda).sqrt() }
-}
-
 /// Measures `pipeline`'s denoiser as the module says. The clips, prompts and noise depend on
 /// `o` (but not its batch) and the pipeline's frame size and window only, so pipelines of one
 /// size get the same.
@@ -110,7 +98,7 @@ pub fn evaluate_loss<B: Backend>(
             frame_mask: Tensor::<B, 2, Bool>::from_data(TensorData::new(given, [b, t]), device),
         };
         for (k, &lambda) in o.levels.iter().enumerate() {
-            let c = coefficients_of(lambda);
+            let c = Coefficients::at_logsnr(lambda);
             // Each clip's noise of its own, so that batching changes nothing.
             let eps = Tensor::cat(
                 (0..b)
@@ -123,7 +111,7 @@ pub fn evaluate_loss<B: Backend>(
             );
             let z_t = x.clone().mul_scalar(c.alpha) + eps.clone().mul_scalar(c.sigma);
             let target = v_target(x.clone(), eps, c);
-            let time = time_of(lambda, spec.schedule.logsnr_shift) as f32;
+            let time = spec.schedule.time_of(lambda) as f32;
             let predict = |condition: TextCondition<B>, context: Option<FrameContext<B>>, self_cond| {
                 pipeline.denoiser.forward(DenoiserInput {
                     z_t: z_t.clone(),
@@ -152,32 +140,11 @@ pub fn evaluate_loss<B: Backend>(
     LossReport {
         clips: cases.len(),
         latent_frames: window,
-        time: o.levels.iter().map(|&l| time_of(l, spec.schedule.logsnr_shift)).collect(),
+        time: o.levels.iter().map(|&l| spec.schedule.time_of(l)).collect(),
         logsnr: o.levels.clone(),
         text: mean(text_sum),
         self_conditioned: mean(self_conditioned_sum),
         no_text: mean(no_text_sum),
         continued: mean(continued_sum),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::diffusion::Schedule;
-
-    #[test]
-    fn time_of_inverts_the_shifted_schedule() {
-        for shift in [0.0, -1.386, -2.77] {
-            let schedule = Schedule { logsnr_shift: shift, ..Schedule::default() };
-            for lambda in DEFAULT_LEVELS {
-                let t = time_of(lambda, shift);
-                assert!((0.0..=1.0).contains(&t));
-                assert!((schedule.logsnr(t) - lambda).abs() < 1e-9, "shift {shift}, λ {lambda}: t {t}");
-                let c = coefficients_of(lambda);
-                let s = schedule.at(t);
-                assert!((c.alpha - s.alpha).abs() < 1e-9 && (c.sigma - s.sigma).abs() < 1e-9);
-            }
-        }
     }
 }
