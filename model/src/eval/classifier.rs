@@ -35,6 +35,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::{Int, Tensor, TensorData};
+use serde::Serialize;
 
 /// The four attributes in head order, with their number of values.
 pub const HEADS: [(&str, usize); 4] =
@@ -56,6 +57,47 @@ pub fn head_values(k: usize) -> Vec<&'static str> {
         2 => Scenery::ALL.iter().map(|v| v.label()).collect(),
         3 => Camera::ALL.iter().map(|v| v.label()).collect(),
         _ => panic!("there are {} heads", HEADS.len()),
+    }
+}
+
+/// Readings of one attribute by wanted value (rows) and value read (columns): frames, or clips
+/// for a camera read off the pixels.
+#[derive(Debug, Clone, Serialize)]
+pub struct Confusion {
+    pub attribute: String,
+    /// The values, in row and column order.
+    pub values: Vec<String>,
+    pub counts: Vec<Vec<usize>>,
+}
+
+impl Confusion {
+    /// An empty table for each of [`HEADS`], in order.
+    pub fn of_heads() -> Vec<Confusion> {
+        HEADS
+            .iter()
+            .enumerate()
+            .map(|(k, &(name, size))| Confusion {
+                attribute: name.to_string(),
+                values: head_values(k).into_iter().map(String::from).collect(),
+                counts: vec![vec![0; size]; size],
+            })
+            .collect()
+    }
+
+    /// Counts one reading of value `read` where `want` was wanted.
+    pub fn record(&mut self, want: usize, read: usize) {
+        self.counts[want][read] += 1;
+    }
+
+    /// The off-diagonal cells, largest first: `(wanted, read, count)`.
+    pub fn mistakes(&self) -> Vec<(&str, &str, usize)> {
+        let mut cells: Vec<_> = (0..self.values.len())
+            .flat_map(|i| (0..self.values.len()).map(move |j| (i, j)))
+            .filter(|&(i, j)| i != j && self.counts[i][j] > 0)
+            .map(|(i, j)| (self.values[i].as_str(), self.values[j].as_str(), self.counts[i][j]))
+            .collect();
+        cells.sort_by_key(|c| std::cmp::Reverse(c.2));
+        cells
     }
 }
 

@@ -6,7 +6,7 @@
 //! context, the VAE decoding causally), several at a time in one batch. Every comparison with
 //! the world uses clips of the same attributes rendered by the world itself.
 
-use super::classifier::{Evaluator, HEADS, Reading, label_indices};
+use super::classifier::{Confusion, Evaluator, HEADS, Reading, label_indices};
 use super::frechet::frechet_distance;
 use super::motion::{camera_velocity, pan_along};
 use crate::data::{video_frames, video_tensor};
@@ -236,14 +236,19 @@ pub fn read_frames<B: Backend>(
         .collect()
 }
 
-/// Fraction of readings that give each attribute of `want`, in head order.
-fn adherence(readings: &[Reading], want: &Attributes) -> [f64; 4] {
+/// Fraction of readings that give each attribute of `want`, in head order; each reading also
+/// goes into `confusion`, one table per head, for the heads it has (the metrics read the
+/// camera off the pixels instead).
+fn adherence(readings: &[Reading], want: &Attributes, confusion: &mut [Confusion]) -> [f64; 4] {
     let want = label_indices(want);
     let mut right = [0usize; 4];
     for r in readings {
         let got = label_indices(&r.attributes);
         for k in 0..4 {
             right[k] += (got[k] == want[k]) as usize;
+            if let Some(table) = confusion.get_mut(k) {
+                table.record(want[k], got[k]);
+            }
         }
     }
     right.map(|r| r as f64 / readings.len().max(1) as f64)
@@ -312,6 +317,10 @@ pub struct ClipMetrics {
     /// Per clip, in order, the adherence of each attribute (time, weather, scenery: fractions
     /// of frames; camera: 1 when the pan has the prompt's direction): which prompts fail.
     pub per_clip: Vec<[f64; 4]>,
+    /// Per attribute, what was read against what the prompt wanted: frames by the evaluator for
+    /// time, weather and scenery, clips by the pan read off the pixels for the camera (as
+    /// `adherence` scores them), so a miss says what was made instead.
+    pub confusion: Vec<Confusion>,
 }
 
 /// One minute of the drift stream.
@@ -381,21 +390,26 @@ fn clip_metrics<B: Backend>(
     let (mut moved, mut expected) = (0.0, 0.0);
     let step = (fps / 2.0).round().max(1.0) as usize;
     let mut features = Vec::new();
+    let mut confusion = Confusion::of_heads();
+    let camera = 3;
     for (frames, boundaries, want) in clips {
         let readings = read_frames(evaluator, frames, w, h, 480, device);
-        adh.push(adherence(&readings, want));
+        adh.push(adherence(&readings, want, &mut confusion[..camera]));
         features.extend(readings.into_iter().map(|r| r.features));
         jumps.extend(boundary_jump(frames, boundaries));
         let v = camera_velocity(frames, w, h, fps);
-        dirs.push((Camera::from_velocity(v) == want.camera) as u8 as f64);
+        let read = Camera::from_velocity(v);
+        confusion[camera].record(want.camera.index(), read.index());
+        dirs.push((read == want.camera) as u8 as f64);
         speed.push((v - want.camera.velocity()).abs());
         let (m, e) = pan_along(frames, (0..frames.len()).step_by(step), step, want.camera, size);
         (moved, expected) = (moved + m, expected + e);
     }
     // The camera is read off the pixels (phase correlation): the evaluator's camera head is at
     // chance on held-out clips (docs/MODEL_CARD.md).
-    let per: [f64; 4] =
-        std::array::from_fn(|k| if k == 3 { mean(&dirs) } else { mean(&adh.iter().map(|a| a[k]).collect::<Vec<_>>()) });
+    let per: [f64; 4] = std::array::from_fn(|k| {
+        if k == camera { mean(&dirs) } else { mean(&adh.iter().map(|a| a[k]).collect::<Vec<_>>()) }
+    });
     let metrics = ClipMetrics {
         adherence: named(per),
         adherence_mean: mean(&per),
@@ -404,6 +418,7 @@ fn clip_metrics<B: Backend>(
         camera_speed_error: mean(&speed),
         pan_share: moved / expected,
         per_clip: adh.iter().zip(&dirs).map(|(a, &d)| [a[0], a[1], a[2], d]).collect(),
+        confusion,
     };
     (metrics, features)
 }
@@ -654,6 +669,25 @@ mod tests {
         // At frame 2 a step of 1 against (1 + 5 + 4·1) / 6 elsewhere.
         assert!((boundary_jump(&frames, &[2]).unwrap() - 0.6).abs() < 1e-12);
         assert_eq!(boundary_jump(&frames, &[]), None);
+    }
+
+    /// Each reading scores against the prompt and lands in its head's table at (wanted, read);
+    /// heads without a table (the camera, read off the pixels) are scored but not tabled.
+    #[test]
+    fn adherence_tables_what_was_read() {
+        let want = Attributes { time: TimeOfDay::Night, weather: Weather::Fog, ..Attributes::default() };
+        let read = |weather| Reading { attributes: Attributes { weather, ..want }, features: vec![] };
+        let readings = [read(Weather::Fog), read(Weather::Snow), read(Weather::Snow)];
+        let mut confusion = Confusion::of_heads();
+        let scores = adherence(&readings, &want, &mut confusion[..3]);
+        assert_eq!(scores[0], 1.0);
+        assert!((scores[1] - 1.0 / 3.0).abs() < 1e-12);
+        let (fog, snow, night) = (Weather::Fog.index(), Weather::Snow.index(), TimeOfDay::Night.index());
+        assert_eq!(confusion[1].counts[fog][fog], 1);
+        assert_eq!(confusion[1].counts[fog][snow], 2);
+        assert_eq!(confusion[1].mistakes(), vec![("fog", "snow", 2)]);
+        assert_eq!(confusion[0].counts[night][night], 3);
+        assert!(confusion[3].counts.iter().flatten().all(|&n| n == 0));
     }
 
     #[test]

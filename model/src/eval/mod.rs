@@ -8,7 +8,7 @@ pub mod loss;
 pub mod motion;
 pub mod vae;
 
-pub use classifier::{Evaluator, EvaluatorConfig, Reading};
+pub use classifier::{Confusion, Evaluator, EvaluatorConfig, Reading};
 pub use frechet::frechet_distance;
 pub use generation::{GenerationEvalOptions, GenerationReport, Streams, cases_of, evaluate_generation, held_out_cases};
 pub use loss::{LossEvalOptions, LossReport, evaluate_loss};

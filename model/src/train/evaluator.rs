@@ -17,7 +17,7 @@ use super::common::{Feeder, Optimisation};
 use super::plot::{LossRow, write_loss_csv, write_loss_plot};
 use crate::checkpoint::{self, Precision};
 use crate::data::video_tensor;
-use crate::eval::classifier::{Evaluator, EvaluatorConfig, HEADS, head_values, label_indices};
+use crate::eval::classifier::{Confusion, Evaluator, EvaluatorConfig, HEADS, label_indices};
 use crate::world::{
     Attributes, ClipOptions, ClipSampler, HELD_OUT_COMBINATIONS, Scenery, Split, TimeOfDay, Weather, noise_hash,
 };
@@ -135,28 +135,6 @@ pub struct AccuracyReport {
     pub confusion: Vec<Confusion>,
 }
 
-/// Frames of one attribute by true value (rows) and value read (columns).
-#[derive(Debug, Clone, Serialize)]
-pub struct Confusion {
-    pub attribute: String,
-    /// The values, in row and column order.
-    pub values: Vec<String>,
-    pub counts: Vec<Vec<usize>>,
-}
-
-impl Confusion {
-    /// The off-diagonal cells, largest first: `(truth, read, frames)`.
-    pub fn mistakes(&self) -> Vec<(&str, &str, usize)> {
-        let mut cells: Vec<_> = (0..self.values.len())
-            .flat_map(|i| (0..self.values.len()).map(move |j| (i, j)))
-            .filter(|&(i, j)| i != j && self.counts[i][j] > 0)
-            .map(|(i, j)| (self.values[i].as_str(), self.values[j].as_str(), self.counts[i][j]))
-            .collect();
-        cells.sort_by_key(|c| std::cmp::Reverse(c.2));
-        cells
-    }
-}
-
 /// Reads `clips` clips of `split` (seed `seed`) and scores every frame after the warm-up.
 pub fn accuracy<B: Backend>(
     evaluator: &Evaluator<B>,
@@ -168,15 +146,7 @@ pub fn accuracy<B: Backend>(
 ) -> AccuracyReport {
     let mut right = [0usize; 4];
     let mut right_steady = [0usize; 4];
-    let mut confusion: Vec<Confusion> = HEADS
-        .iter()
-        .enumerate()
-        .map(|(k, &(name, size))| Confusion {
-            attribute: name.to_string(),
-            values: head_values(k).into_iter().map(String::from).collect(),
-            counts: vec![vec![0; size]; size],
-        })
-        .collect();
+    let mut confusion = Confusion::of_heads();
     let (mut frames, mut steady) = (0, 0);
     let (frames_all, labels_all) = render(split, seed, clips, o);
     for (frames_chunk, labels_chunk) in frames_all.chunks(16).zip(labels_all.chunks(16)) {
@@ -187,7 +157,7 @@ pub fn accuracy<B: Backend>(
             for (r, truth) in clip.iter().zip(&labels[skip..]) {
                 let (got, want) = (label_indices(&r.attributes), label_indices(truth));
                 for k in 0..4 {
-                    confusion[k].counts[want[k]][got[k]] += 1;
+                    confusion[k].record(want[k], got[k]);
                     let ok = (got[k] == want[k]) as usize;
                     right[k] += ok;
                     if is_steady {

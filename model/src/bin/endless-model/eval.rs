@@ -391,6 +391,23 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
         );
     }
     for (name, r) in &reports {
+        for (set, metrics) in [("generated", &r.generated), ("through the VAE", &r.reconstructed)] {
+            let misses: Vec<String> = metrics
+                .confusion
+                .iter()
+                .filter_map(|c| {
+                    let top: Vec<String> =
+                        c.mistakes().iter().take(3).map(|(want, read, n)| format!("{want} → {read} {n}")).collect();
+                    (!top.is_empty()).then(|| format!("{}: {}", c.attribute, top.join(", ")))
+                })
+                .collect();
+            println!(
+                "{name}, {set}, most frequent misreadings (wanted → read, frames; camera: clips): {}",
+                misses.join("; ")
+            );
+        }
+    }
+    for (name, r) in &reports {
         if let Some(c) = &r.continued {
             let per: Vec<String> = c.adherence.iter().map(|(_, a)| format!("{:.0}", 100.0 * a)).collect();
             println!(
