@@ -4,13 +4,18 @@
 //! ```text
 //!  ModelSource (per session) ──Job{key, seed, chunk, prompt, due}──▶ Scheduler worker (per device)
 //!        ▲                                                              │ pending jobs, earliest due first
-//!        └──────────── frames (RGB8) of the chunk ◀──────────────────────┘ one batched denoise, then decode
+//!        │                                                              │ one batched denoise
+//!        └──────────── frames (RGB8) of the chunk ◀── decoder ◀─ latents ┘ (its own thread on the CPU)
 //! ```
 //!
 //! The worker owns everything that lives on the device: the pipeline and, per stream, the rolling
 //! latent context ([`RollingContext`]: `context_frames` latents, `anchors` of them long-range
-//! anchors once the stream has some — bounded, whatever the stream's length) and the VAE
-//! decoder's causal state. A steer starts a new prompt epoch: the old prompt's anchors go.
+//! anchors once the stream has some — bounded, whatever the stream's length); its decoder
+//! stage owns each stream's VAE decoder causal state. On the CPU the decoder stage is a thread
+//! of its own (`decode_thread`), which decodes one batch while the worker denoises the next:
+//! the denoiser keeps about one core busy, and this gives the decoder the other. Every change
+//! to a stream (fork, drop, rewind) reaches the decoder stage in order after the chunks before
+//! it. A steer starts a new prompt epoch: the old prompt's anchors go.
 //! Sessions only hold a key. Each loop the worker takes every pending job (up to `max_batch`),
 //! earliest deadline first — the deadline is when the session's buffer runs dry — and denoises
 //! them as one batch; if the batch would finish after the most urgent deadline at full steps,
@@ -66,6 +71,9 @@ pub struct ModelSettings {
     pub anchor_every: usize,
     /// Most chunks denoised in one batch.
     pub max_batch: usize,
+    /// On the CPU, decode on a thread of its own, beside the denoiser: one batch's chunks are
+    /// decoded while the next batch is denoised. On a GPU the worker decodes in place.
+    pub decode_thread: bool,
     /// Use the EMA weights when the folder has them.
     pub ema: bool,
     /// Frames a source keeps after generating them, so a fork continues from the frame shown.
@@ -81,7 +89,7 @@ pub struct SchedulerStats {
     pub reduced_chunks: AtomicU64,
     /// Chunks conditioned on long-range anchors.
     pub anchored_chunks: AtomicU64,
-    /// Microseconds of the last batch, and its size.
+    /// Microseconds of the last batch's denoising, and its size.
     pub last_batch_us: AtomicU64,
     pub last_batch_size: AtomicU64,
     /// The most latent frames any stream's context has held (recent latents and anchor
@@ -95,6 +103,8 @@ pub struct SchedulerStats {
     pub denoise_us: AtomicU64,
     pub decode_us: AtomicU64,
     pub denoise_mflop: AtomicU64,
+    /// Microseconds of decoding one chunk: a running mean, for the deadlines.
+    pub decode_chunk_us: AtomicU64,
 }
 
 /// One chunk's frames.
@@ -136,24 +146,132 @@ enum Command {
     },
 }
 
-/// A stream's state on the device.
+/// A stream's state on the device for the denoiser: its rolling context.
 struct Slot<B: Backend> {
     context: RollingContext<B>,
-    decoder: StreamState<B>,
-    /// `(chunk, context, decoder)` before each of the last [`SNAPSHOTS`] chunks, so that a steer
-    /// can regenerate the chunks still buffered.
-    snapshots: VecDeque<(u64, RollingContext<B>, StreamState<B>)>,
+    /// `(chunk, context)` before each of the last [`SNAPSHOTS`] chunks, so that a steer can
+    /// regenerate the chunks still buffered.
+    snapshots: VecDeque<(u64, RollingContext<B>)>,
 }
 
 impl<B: Backend> Slot<B> {
     fn new(layout: ContextLayout) -> Self {
-        Slot { context: RollingContext::new(layout), decoder: StreamState::default(), snapshots: VecDeque::new() }
+        Slot { context: RollingContext::new(layout), snapshots: VecDeque::new() }
+    }
+
+    fn bytes(&self) -> usize {
+        self.context.bytes() + self.snapshots.iter().map(|(_, c)| c.bytes()).sum::<usize>()
     }
 }
 
 impl<B: Backend> Clone for Slot<B> {
     fn clone(&self) -> Self {
-        Slot { context: self.context.clone(), decoder: self.decoder.clone(), snapshots: self.snapshots.clone() }
+        Slot { context: self.context.clone(), snapshots: self.snapshots.clone() }
+    }
+}
+
+/// What the decoder stage is given, in the order the worker gives it: a chunk's latents to
+/// decode (and send to its session), or a change to a stream's decoder state that follows
+/// the same change to its context.
+enum Decode<B: Backend> {
+    Chunk {
+        job: Job,
+        latents: Tensor<B, 4>,
+        steps: usize,
+        anchors: usize,
+        /// The bytes of the stream's context and its snapshots, for `stream_bytes_max`.
+        context_bytes: usize,
+    },
+    Fork {
+        from: u64,
+        to: u64,
+    },
+    Drop(u64),
+    Rewind {
+        key: u64,
+        chunk: u64,
+    },
+}
+
+/// A stream's VAE decoder state, and `(chunk, state)` before each of its last [`SNAPSHOTS`]
+/// chunks.
+#[derive(Clone, Default)]
+struct DecoderStream<B: Backend> {
+    state: StreamState<B>,
+    snapshots: VecDeque<(u64, StreamState<B>)>,
+}
+
+/// The decoder stage: the pipeline's VAE and every stream's decoder state.
+struct Decoder<B: Backend> {
+    pipeline: Pipeline<B>,
+    stats: Arc<SchedulerStats>,
+    streams: HashMap<u64, DecoderStream<B>>,
+}
+
+impl<B: Backend> Decoder<B> {
+    fn handle(&mut self, message: Decode<B>) {
+        match message {
+            Decode::Chunk { job, latents, steps, anchors, context_bytes } => {
+                let started = Instant::now();
+                let stream = self.streams.entry(job.key).or_default();
+                stream.snapshots.push_back((job.chunk, stream.state.clone()));
+                if stream.snapshots.len() > SNAPSHOTS {
+                    stream.snapshots.pop_front();
+                }
+                let video = self.pipeline.decode_stream(latents.unsqueeze_dim(0), &mut stream.state);
+                let frames = endless_model::data::video_frames(video).remove(0);
+                let decoder_bytes: usize = stream.snapshots.iter().map(|(_, d)| d.bytes()).sum();
+                let bytes = context_bytes + stream.state.bytes() + decoder_bytes;
+                let stats = &self.stats;
+                stats.stream_bytes_max.fetch_max(bytes as u64, Ordering::Relaxed);
+                let decoded = started.elapsed().as_micros() as u64;
+                stats.decode_us.fetch_add(decoded, Ordering::Relaxed);
+                // A running mean per chunk, for the worker's deadlines.
+                let mean = stats.decode_chunk_us.load(Ordering::Relaxed);
+                let mean = if mean == 0 { decoded } else { (4 * mean + decoded) / 5 };
+                stats.decode_chunk_us.store(mean, Ordering::Relaxed);
+                let _ = job.reply.send(Ok(ChunkOut { frames, steps, anchors }));
+            }
+            Decode::Fork { from, to } => {
+                if let Some(stream) = self.streams.get(&from).cloned() {
+                    self.streams.insert(to, stream);
+                }
+            }
+            Decode::Drop(key) => {
+                self.streams.remove(&key);
+            }
+            Decode::Rewind { key, chunk } => {
+                if let Some(stream) = self.streams.get_mut(&key)
+                    && let Some(i) = stream.snapshots.iter().position(|(c, _)| *c == chunk)
+                {
+                    stream.state = stream.snapshots[i].1.clone();
+                    stream.snapshots.truncate(i);
+                }
+            }
+        }
+    }
+}
+
+/// Where the worker's decoding goes: to a thread of its own, which decodes one batch's chunks
+/// while the worker denoises the next (on the CPU the denoiser keeps about one core busy, so
+/// the decoder gets the other), or done in place.
+enum DecodeStage<B: Backend> {
+    Thread(mpsc::Sender<Decode<B>>),
+    Inline(Box<Decoder<B>>),
+}
+
+impl<B: Backend> DecodeStage<B> {
+    fn send(&mut self, message: Decode<B>) {
+        match self {
+            DecodeStage::Thread(tx) => {
+                // Only a panic ends the thread before this sender goes; the chunk's session then
+                // hears that its chunk was dropped.
+                if tx.send(message).is_err() {
+                    tracing::error!("the decoder thread has stopped");
+                }
+            }
+            DecodeStage::Inline(decoder) => decoder.handle(message),
+        }
     }
 }
 
@@ -201,8 +319,12 @@ impl Scheduler {
             .name("model-worker".into())
             .spawn(move || match device {
                 Resolved::Cpu => run::<burn::backend::Flex>(worker_settings, worker_stats, rx, ready_tx),
+                // One thread feeds the GPU (decoding beside the denoiser there is not measured).
                 #[cfg(feature = "cuda")]
-                Resolved::Cuda => run::<burn::backend::Cuda>(worker_settings, worker_stats, rx, ready_tx),
+                Resolved::Cuda => {
+                    let settings = ModelSettings { decode_thread: false, ..worker_settings };
+                    run::<burn::backend::Cuda>(settings, worker_stats, rx, ready_tx)
+                }
                 #[cfg(not(feature = "cuda"))]
                 Resolved::Cuda => {
                     let _ = ready_tx.send(Err("this build has no CUDA support".into()));
@@ -292,29 +414,48 @@ fn run<B: Backend>(
         return;
     }
     let _ = ready.send(Ok((pipeline.spec.clone(), layout, pipeline.temporal_factor())));
+    let decoder = Decoder { pipeline: pipeline.clone(), stats: stats.clone(), streams: HashMap::new() };
+    let mut decode = if settings.decode_thread {
+        let (tx, rx) = mpsc::channel::<Decode<B>>();
+        let mut decoder = decoder;
+        let spawned = std::thread::Builder::new().name("model-decoder".into()).spawn(move || {
+            while let Ok(message) = rx.recv() {
+                decoder.handle(message);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(cause = %e, "starting the decoder thread");
+            return;
+        }
+        DecodeStage::Thread(tx)
+    } else {
+        DecodeStage::Inline(Box::new(decoder))
+    };
     let mut slots: HashMap<u64, Slot<B>> = HashMap::new();
     let mut pending: Vec<Job> = Vec::new();
-    // Seconds per denoising step per chunk, and of decoding per chunk: running means.
-    let (mut step_secs, mut decode_secs) = (0.0f64, 0.0f64);
+    // Seconds per denoising step per chunk: a running mean.
+    let mut step_secs = 0.0f64;
     loop {
-        let handle = |command, pending: &mut Vec<Job>, slots: &mut HashMap<u64, Slot<B>>| match command {
+        let mut handle = |command, pending: &mut Vec<Job>, slots: &mut HashMap<u64, Slot<B>>| match command {
             Command::Generate(job) => pending.push(job),
             Command::Fork { from, to } => {
                 if let Some(slot) = slots.get(&from).cloned() {
                     slots.insert(to, slot);
+                    decode.send(Decode::Fork { from, to });
                 }
             }
             Command::Drop(key) => {
                 slots.remove(&key);
                 pending.retain(|j| j.key != key);
+                decode.send(Decode::Drop(key));
             }
             Command::Rewind { key, chunk } => {
                 if let Some(slot) = slots.get_mut(&key) {
-                    match slot.snapshots.iter().position(|(c, ..)| *c == chunk) {
+                    match slot.snapshots.iter().position(|(c, _)| *c == chunk) {
                         Some(i) => {
-                            let (_, context, decoder) = slot.snapshots[i].clone();
+                            slot.context = slot.snapshots[i].1.clone();
                             slot.snapshots.truncate(i);
-                            (slot.context, slot.decoder) = (context, decoder);
+                            decode.send(Decode::Rewind { key, chunk });
                         }
                         None => tracing::error!(key, chunk, "rewind to a chunk without a snapshot"),
                     }
@@ -354,6 +495,7 @@ fn run<B: Backend>(
         // Deadline-aware steps: the most urgent chunk must be ready when its buffer runs dry.
         let full = settings.sampler.steps.max(1);
         let slack = batch[0].due.map(|due| due.saturating_duration_since(Instant::now()).as_secs_f64());
+        let decode_secs = stats.decode_chunk_us.load(Ordering::Relaxed) as f64 / 1e6;
         let steps = if let Some(forced) = batch[0].steps {
             forced.clamp(1, full)
         } else if let Some(slack) = slack
@@ -400,39 +542,30 @@ fn run<B: Backend>(
         let mflop: f64 = batch.iter().map(|j| 1e3 * pipeline.chunk_gflops(&sampler, j.text.num_tokens())).sum();
         stats.denoise_us.fetch_add((denoised * 1e6) as u64, Ordering::Relaxed);
         stats.denoise_mflop.fetch_add(mflop as u64, Ordering::Relaxed);
-        let mut done = Vec::new();
         for ((job, result), anchors) in batch.into_iter().zip(results).zip(anchors) {
             match result {
-                Ok(latents) => done.push((job, latents, anchors)),
+                Ok(latents) => {
+                    let slot = slots.entry(job.key).or_insert_with(|| Slot::new(layout));
+                    slot.snapshots.push_back((job.chunk, slot.context.clone()));
+                    if slot.snapshots.len() > SNAPSHOTS {
+                        slot.snapshots.pop_front();
+                    }
+                    slot.context.push(latents.clone());
+                    stats.context_frames_max.fetch_max(slot.context.frames() as u64, Ordering::Relaxed);
+                    let context_bytes = slot.bytes();
+                    decode.send(Decode::Chunk { job, latents, steps, anchors, context_bytes });
+                }
                 Err(why) => {
                     tracing::error!(cause = %why, "a chunk failed");
                     slots.remove(&job.key);
+                    decode.send(Decode::Drop(job.key));
                     let _ = job.reply.send(Err(why));
                 }
             }
         }
-        let decode_started = Instant::now();
-        for (job, new, anchors) in done {
-            let slot = slots.entry(job.key).or_insert_with(|| Slot::new(layout));
-            slot.snapshots.push_back((job.chunk, slot.context.clone(), slot.decoder.clone()));
-            if slot.snapshots.len() > SNAPSHOTS {
-                slot.snapshots.pop_front();
-            }
-            let video = pipeline.decode_stream(new.clone().unsqueeze_dim(0), &mut slot.decoder);
-            let frames = endless_model::data::video_frames(video).remove(0);
-            slot.context.push(new);
-            let snapshot_bytes: usize = slot.snapshots.iter().map(|(_, c, d)| c.bytes() + d.bytes()).sum();
-            let bytes = slot.context.bytes() + slot.decoder.bytes() + snapshot_bytes;
-            stats.context_frames_max.fetch_max(slot.context.frames() as u64, Ordering::Relaxed);
-            stats.stream_bytes_max.fetch_max(bytes as u64, Ordering::Relaxed);
-            let _ = job.reply.send(Ok(ChunkOut { frames, steps, anchors }));
-        }
-        let decoded = decode_started.elapsed().as_secs_f64();
-        stats.decode_us.fetch_add((decoded * 1e6) as u64, Ordering::Relaxed);
-        // Running means, per chunk.
-        let mix = |old: f64, new: f64| if old == 0.0 { new } else { 0.8 * old + 0.2 * new };
-        step_secs = mix(step_secs, denoised / (b * steps as f64));
-        decode_secs = mix(decode_secs, decoded / b);
+        // A running mean, per step and chunk.
+        let per_step = denoised / (b * steps as f64);
+        step_secs = if step_secs == 0.0 { per_step } else { 0.8 * step_secs + 0.2 * per_step };
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.chunks.fetch_add(b as u64, Ordering::Relaxed);
         if steps < full {
@@ -839,6 +972,7 @@ pub fn replay_source(
         anchors,
         anchor_every,
         max_batch: 1,
+        decode_thread: true,
         ema,
         history_frames: 0,
     })?;

@@ -190,6 +190,8 @@ pub struct Model {
     pub anchor_every: Bounded<1, 4096>,
     /// Most chunks of different sessions denoised in one batch.
     pub max_batch: Bounded<1, 256>,
+    /// On the CPU, decode on a thread of its own while the next batch is denoised.
+    pub decode_thread: bool,
     /// Use the EMA weights when the folder has them.
     pub ema: bool,
 }
@@ -210,6 +212,7 @@ impl Default for Model {
             anchors: Bounded(1),
             anchor_every: Bounded(8),
             max_batch: Bounded(8),
+            decode_thread: true,
             ema: true,
         }
     }
