@@ -280,6 +280,10 @@ pub struct Pipeline<B: Backend> {
     pub vae_config: VaeConfig,
     pub denoiser: Denoiser<B>,
     pub denoiser_config: DenoiserConfig,
+    /// Run the guided passes of a denoising step (with and without the prompt, …) side by side
+    /// on the thread pool instead of as one batch: on the CPU one batched pass keeps about one
+    /// core busy. The same values either way. Off as loaded; [`Pipeline::with_parallel_passes`].
+    pub parallel_passes: bool,
 }
 
 impl<B: Backend> Pipeline<B> {
@@ -310,7 +314,12 @@ impl<B: Backend> Pipeline<B> {
                 vae_config.latent_channels
             );
         }
-        Ok(Pipeline { spec, vae, vae_config, denoiser, denoiser_config })
+        Ok(Pipeline { spec, vae, vae_config, denoiser, denoiser_config, parallel_passes: false })
+    }
+
+    /// This pipeline with [`Pipeline::parallel_passes`] set to `on`.
+    pub fn with_parallel_passes(self, on: bool) -> Pipeline<B> {
+        Pipeline { parallel_passes: on, ..self }
     }
 
     /// Writes this pipeline to `dir` as the service ships it: the spec, the VAE and the
@@ -427,7 +436,14 @@ impl<B: Backend> Pipeline<B> {
             condition: Condition::Text(text_all),
             positions: positions.as_ref().map(|p| (0..n).flat_map(|_| p.iter().cloned()).collect()),
         };
-        let v = self.denoiser.forward(input);
+        let v = if self.parallel_passes && n > 1 {
+            use rayon::prelude::*;
+            let passes: Vec<Tensor<B, 5>> =
+                input.split(n).into_par_iter().map(|pass| self.denoiser.forward(pass)).collect();
+            Tensor::cat(passes, 0)
+        } else {
+            self.denoiser.forward(input)
+        };
         let mut parts = v.chunk(n, 0).into_iter();
         let full = parts.next().expect("the full pass");
         match (parts.next(), parts.next()) {

@@ -74,6 +74,9 @@ pub struct ModelSettings {
     /// On the CPU, decode on a thread of its own, beside the denoiser: one batch's chunks are
     /// decoded while the next batch is denoised. On a GPU the worker decodes in place.
     pub decode_thread: bool,
+    /// On the CPU, run the guided passes of each denoising step side by side
+    /// ([`Pipeline::parallel_passes`]). On a GPU they stay one batch.
+    pub parallel_passes: bool,
     /// Use the EMA weights when the folder has them.
     pub ema: bool,
     /// Frames a source keeps after generating them, so a fork continues from the frame shown.
@@ -322,7 +325,7 @@ impl Scheduler {
                 // One thread feeds the GPU (decoding beside the denoiser there is not measured).
                 #[cfg(feature = "cuda")]
                 Resolved::Cuda => {
-                    let settings = ModelSettings { decode_thread: false, ..worker_settings };
+                    let settings = ModelSettings { decode_thread: false, parallel_passes: false, ..worker_settings };
                     run::<burn::backend::Cuda>(settings, worker_stats, rx, ready_tx)
                 }
                 #[cfg(not(feature = "cuda"))]
@@ -394,7 +397,7 @@ fn run<B: Backend>(
 ) {
     let device = B::Device::default();
     let pipeline = match Pipeline::<B>::load(&settings.dir, settings.ema, &device) {
-        Ok(p) => p,
+        Ok(p) => p.with_parallel_passes(settings.parallel_passes),
         Err(e) => {
             let _ = ready.send(Err(format!("loading the pipeline from {}: {e:#}", settings.dir.display())));
             return;
@@ -973,6 +976,7 @@ pub fn replay_source(
         anchor_every,
         max_batch: 1,
         decode_thread: true,
+        parallel_passes: true,
         ema,
         history_frames: 0,
     })?;

@@ -46,6 +46,7 @@ fn scheduler_decoding(max_batch: usize, decode_thread: bool) -> Option<Arc<Sched
         anchor_every: 2,
         max_batch,
         decode_thread,
+        parallel_passes: decode_thread,
         ema: true,
         history_frames: 64,
     };
@@ -86,8 +87,9 @@ fn run(source: &mut dyn FrameSource, chunks: usize, per: usize) -> Vec<Vec<u8>> 
     (0..chunks).flat_map(|_| source.next_chunk(per).unwrap()).collect()
 }
 
-/// Three sessions run on one scheduler at once, with the decoder on its own thread (the CPU's
-/// way) and in the worker (a GPU's), get the frames each gets alone.
+/// Three sessions run on one scheduler at once, with the decoder on its own thread and the
+/// guided passes side by side (the CPU's way) and with both in the worker's one batch (a
+/// GPU's), get the frames each gets alone.
 #[test]
 fn sessions_sharing_the_device_get_the_frames_they_get_alone() {
     let Some(alone) = scheduler(1) else { return };
@@ -244,6 +246,7 @@ fn a_distilled_pipeline_streams_in_its_own_steps_without_guidance() {
         anchor_every: 2,
         max_batch: 2,
         decode_thread: true,
+        parallel_passes: true,
         ema: true,
         history_frames: 64,
     })

@@ -192,6 +192,8 @@ pub struct Model {
     pub max_batch: Bounded<1, 256>,
     /// On the CPU, decode on a thread of its own while the next batch is denoised.
     pub decode_thread: bool,
+    /// On the CPU, run the guided passes of each denoising step side by side.
+    pub parallel_passes: bool,
     /// Use the EMA weights when the folder has them.
     pub ema: bool,
 }
@@ -213,6 +215,7 @@ impl Default for Model {
             anchor_every: Bounded(8),
             max_batch: Bounded(8),
             decode_thread: true,
+            parallel_passes: true,
             ema: true,
         }
     }

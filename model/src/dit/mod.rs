@@ -408,6 +408,41 @@ pub struct Denoiser<B: Backend> {
     pub patch_size: usize,
 }
 
+impl<B: Backend> DenoiserInput<B> {
+    /// The batch cut into `n` equal consecutive parts, each a whole input.
+    ///
+    /// # Panics
+    /// If the batch does not divide by `n`, or the condition is not a text.
+    pub fn split(self, n: usize) -> Vec<DenoiserInput<B>> {
+        let b = self.z_t.dims()[0];
+        assert!(n > 0 && b.is_multiple_of(n), "a batch of {b} in {n} equal parts");
+        let Condition::Text(text) = self.condition else { panic!("splitting a class-conditional batch") };
+        let tokens = text.tokens.chunk(n, 0);
+        let masks = text.padding_mask.chunk(n, 0);
+        let pooled = text.pooled.chunk(n, 0);
+        let z = self.z_t.chunk(n, 0);
+        let t = self.t.chunk(n, 0);
+        let mut self_cond = self.self_cond.map(|s| s.chunk(n, 0).into_iter());
+        let mut context = self.context.map(|c| c.latents.chunk(n, 0).into_iter().zip(c.frame_mask.chunk(n, 0)));
+        let mut positions = self.positions.map(|p| p.chunks(b / n).map(<[_]>::to_vec).collect::<Vec<_>>().into_iter());
+        z.into_iter()
+            .zip(t)
+            .zip(tokens.into_iter().zip(masks).zip(pooled))
+            .map(|((z_t, t), ((tokens, padding_mask), pooled))| DenoiserInput {
+                z_t,
+                t,
+                self_cond: self_cond.as_mut().and_then(Iterator::next),
+                context: context
+                    .as_mut()
+                    .and_then(Iterator::next)
+                    .map(|(latents, frame_mask)| FrameContext { latents, frame_mask }),
+                condition: Condition::Text(TextCondition { tokens, padding_mask, pooled }),
+                positions: positions.as_mut().and_then(Iterator::next),
+            })
+            .collect()
+    }
+}
+
 impl<B: Backend> Denoiser<B> {
     /// `[b, t, d]`: the temporal embedding of every frame of every clip.
     ///

@@ -158,6 +158,26 @@ fn dropped_prompts_equal_the_null_prompt() {
     assert!(max_abs(both.narrow(0, 1, 1) - real.narrow(0, 1, 1)) < 1e-5);
 }
 
+/// A batch split in parts (each clip with its own text, context, self-conditioning and
+/// positions) gives, part by part, what the whole batch gives.
+#[test]
+fn a_split_batch_gives_the_batch_s_values() {
+    let device = Default::default();
+    let model = perturbed(micro().init::<B>(&device));
+    let mut whole = input([4, 4, 3, 8, 8], Condition::Text(text(4, 3, 8, &device)), &device);
+    let anchor = FramePosition::Anchor { distance: 5 };
+    let positions = vec![FramePosition::window(&[], 3), vec![anchor, FramePosition::Frame(0), FramePosition::Frame(1)]];
+    whole.positions = Some([positions.clone(), positions].concat());
+    let parts = whole.clone().split(2);
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1].positions.as_ref().unwrap()[1][0], anchor);
+    let v = model.forward(whole);
+    for (i, part) in parts.into_iter().enumerate() {
+        assert_eq!(part.z_t.dims()[0], 2);
+        assert!(max_abs(v.clone().narrow(0, 2 * i, 2) - model.forward(part)) < 1e-6, "part {i}");
+    }
+}
+
 #[test]
 fn frames_outside_the_context_mask_are_ignored() {
     let device = Default::default();

@@ -474,12 +474,19 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
         mode,
     };
-    on_device!(args.device, sample_on, &args, &settings)
+    // On the CPU the guided passes of a step run side by side, as the service runs them.
+    let parallel = resolve(args.device).map_err(anyhow::Error::msg)? == Resolved::Cpu;
+    on_device!(args.device, sample_on, &args, &settings, parallel)
 }
 
-fn sample_on<B: Backend>(device: &B::Device, args: &SampleArgs, settings: &SamplerSettings) -> Result<()> {
+fn sample_on<B: Backend>(
+    device: &B::Device,
+    args: &SampleArgs,
+    settings: &SamplerSettings,
+    parallel_passes: bool,
+) -> Result<()> {
     let started = Instant::now();
-    let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
+    let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?.with_parallel_passes(parallel_passes);
     say_if_distilled(&pipeline);
     let settings = &pipeline.spec.sampler(*settings);
     let text = load_text::<B>(&args.text, device)?;
