@@ -317,16 +317,17 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    on_device!(args.device, eval_on, &args)
+    let parallel = crate::generate::parallel_passes(args.device)?;
+    on_device!(args.device, eval_on, &args, parallel)
 }
 
-fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
+fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs, parallel_passes: bool) -> Result<()> {
     use endless_model::diffusion::Guidance;
     use endless_model::eval::{GenerationEvalOptions, GenerationReport, evaluate_generation};
     use endless_model::pipeline::{Pipeline, SamplerSettings};
     use endless_model::rolling::ContextLayout;
     use endless_model::train::{load_evaluator, write_series_plot};
-    let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?;
+    let pipeline = Pipeline::<B>::load(&args.model, !args.no_ema, device)?.with_parallel_passes(parallel_passes);
     crate::generate::say_if_distilled(&pipeline);
     let evaluator = load_evaluator::<B>(&args.evaluator, device)?;
     let text = crate::generate::load_text::<B>(&args.text, device)?;

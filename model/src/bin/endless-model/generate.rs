@@ -474,9 +474,14 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
         mode,
     };
-    // On the CPU the guided passes of a step run side by side, as the service runs them.
-    let parallel = resolve(args.device).map_err(anyhow::Error::msg)? == Resolved::Cpu;
+    let parallel = parallel_passes(args.device)?;
     on_device!(args.device, sample_on, &args, &settings, parallel)
+}
+
+/// Whether a pipeline on `kind` runs the guided passes of a step side by side: on the CPU, as
+/// the service does ([`Pipeline::parallel_passes`]; the same values either way).
+pub fn parallel_passes(kind: DeviceKind) -> Result<bool> {
+    Ok(resolve(kind).map_err(anyhow::Error::msg)? == Resolved::Cpu)
 }
 
 fn sample_on<B: Backend>(
