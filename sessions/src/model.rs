@@ -136,6 +136,13 @@ struct Job {
 
 enum Command {
     Generate(Job),
+    Change(Change),
+}
+
+/// A change to a stream's state on the device, which the worker makes to the stream's context
+/// and then hands to the decoder stage for its decoder state.
+#[derive(Debug, Clone, Copy)]
+enum Change {
     /// Copies the context and decoder state of stream `from` to stream `to`.
     Fork {
         from: u64,
@@ -147,6 +154,22 @@ enum Command {
         key: u64,
         chunk: u64,
     },
+}
+
+/// Keeps `value`, the state before chunk `chunk`, among the last [`SNAPSHOTS`].
+fn remember<T>(snapshots: &mut VecDeque<(u64, T)>, chunk: u64, value: T) {
+    snapshots.push_back((chunk, value));
+    if snapshots.len() > SNAPSHOTS {
+        snapshots.pop_front();
+    }
+}
+
+/// The state before chunk `chunk`, forgetting it and every later one; `None` without it.
+fn restore<T: Clone>(snapshots: &mut VecDeque<(u64, T)>, chunk: u64) -> Option<T> {
+    let i = snapshots.iter().position(|(c, _)| *c == chunk)?;
+    let value = snapshots[i].1.clone();
+    snapshots.truncate(i);
+    Some(value)
 }
 
 /// A stream's state on the device for the denoiser: its rolling context.
@@ -174,8 +197,8 @@ impl<B: Backend> Clone for Slot<B> {
 }
 
 /// What the decoder stage is given, in the order the worker gives it: a chunk's latents to
-/// decode (and send to its session), or a change to a stream's decoder state that follows
-/// the same change to its context.
+/// decode (and send to its session), or a change to a stream that the worker has made to its
+/// context.
 enum Decode<B: Backend> {
     Chunk {
         job: Job,
@@ -185,15 +208,7 @@ enum Decode<B: Backend> {
         /// The bytes of the stream's context and its snapshots, for `stream_bytes_max`.
         context_bytes: usize,
     },
-    Fork {
-        from: u64,
-        to: u64,
-    },
-    Drop(u64),
-    Rewind {
-        key: u64,
-        chunk: u64,
-    },
+    Change(Change),
 }
 
 /// A stream's VAE decoder state, and `(chunk, state)` before each of its last [`SNAPSHOTS`]
@@ -217,10 +232,7 @@ impl<B: Backend> Decoder<B> {
             Decode::Chunk { job, latents, steps, anchors, context_bytes } => {
                 let started = Instant::now();
                 let stream = self.streams.entry(job.key).or_default();
-                stream.snapshots.push_back((job.chunk, stream.state.clone()));
-                if stream.snapshots.len() > SNAPSHOTS {
-                    stream.snapshots.pop_front();
-                }
+                remember(&mut stream.snapshots, job.chunk, stream.state.clone());
                 let video = self.pipeline.decode_stream(latents.unsqueeze_dim(0), &mut stream.state);
                 let frames = endless_model::data::video_frames(video).remove(0);
                 let decoder_bytes: usize = stream.snapshots.iter().map(|(_, d)| d.bytes()).sum();
@@ -235,20 +247,19 @@ impl<B: Backend> Decoder<B> {
                 stats.decode_chunk_us.store(mean, Ordering::Relaxed);
                 let _ = job.reply.send(Ok(ChunkOut { frames, steps, anchors }));
             }
-            Decode::Fork { from, to } => {
+            Decode::Change(Change::Fork { from, to }) => {
                 if let Some(stream) = self.streams.get(&from).cloned() {
                     self.streams.insert(to, stream);
                 }
             }
-            Decode::Drop(key) => {
+            Decode::Change(Change::Drop(key)) => {
                 self.streams.remove(&key);
             }
-            Decode::Rewind { key, chunk } => {
+            Decode::Change(Change::Rewind { key, chunk }) => {
                 if let Some(stream) = self.streams.get_mut(&key)
-                    && let Some(i) = stream.snapshots.iter().position(|(c, _)| *c == chunk)
+                    && let Some(state) = restore(&mut stream.snapshots, chunk)
                 {
-                    stream.state = stream.snapshots[i].1.clone();
-                    stream.snapshots.truncate(i);
+                    stream.state = state;
                 }
             }
         }
@@ -441,27 +452,29 @@ fn run<B: Backend>(
     loop {
         let mut handle = |command, pending: &mut Vec<Job>, slots: &mut HashMap<u64, Slot<B>>| match command {
             Command::Generate(job) => pending.push(job),
-            Command::Fork { from, to } => {
-                if let Some(slot) = slots.get(&from).cloned() {
-                    slots.insert(to, slot);
-                    decode.send(Decode::Fork { from, to });
-                }
-            }
-            Command::Drop(key) => {
-                slots.remove(&key);
-                pending.retain(|j| j.key != key);
-                decode.send(Decode::Drop(key));
-            }
-            Command::Rewind { key, chunk } => {
-                if let Some(slot) = slots.get_mut(&key) {
-                    match slot.snapshots.iter().position(|(c, _)| *c == chunk) {
-                        Some(i) => {
-                            slot.context = slot.snapshots[i].1.clone();
-                            slot.snapshots.truncate(i);
-                            decode.send(Decode::Rewind { key, chunk });
-                        }
-                        None => tracing::error!(key, chunk, "rewind to a chunk without a snapshot"),
+            Command::Change(change) => {
+                let made = match change {
+                    Change::Fork { from, to } => slots.get(&from).cloned().map(|slot| slots.insert(to, slot)).is_some(),
+                    Change::Drop(key) => {
+                        pending.retain(|j| j.key != key);
+                        slots.remove(&key).is_some()
                     }
+                    Change::Rewind { key, chunk } => match slots.get_mut(&key) {
+                        Some(slot) => match restore(&mut slot.snapshots, chunk) {
+                            Some(context) => {
+                                slot.context = context;
+                                true
+                            }
+                            None => {
+                                tracing::error!(key, chunk, "rewind to a chunk without a snapshot");
+                                false
+                            }
+                        },
+                        None => false,
+                    },
+                };
+                if made {
+                    decode.send(Decode::Change(change));
                 }
             }
         };
@@ -549,10 +562,7 @@ fn run<B: Backend>(
             match result {
                 Ok(latents) => {
                     let slot = slots.entry(job.key).or_insert_with(|| Slot::new(layout));
-                    slot.snapshots.push_back((job.chunk, slot.context.clone()));
-                    if slot.snapshots.len() > SNAPSHOTS {
-                        slot.snapshots.pop_front();
-                    }
+                    remember(&mut slot.snapshots, job.chunk, slot.context.clone());
                     slot.context.push(latents.clone());
                     stats.context_frames_max.fetch_max(slot.context.frames() as u64, Ordering::Relaxed);
                     let context_bytes = slot.bytes();
@@ -561,7 +571,7 @@ fn run<B: Backend>(
                 Err(why) => {
                     tracing::error!(cause = %why, "a chunk failed");
                     slots.remove(&job.key);
-                    decode.send(Decode::Drop(job.key));
+                    decode.send(Decode::Change(Change::Drop(job.key)));
                     let _ = job.reply.send(Err(why));
                 }
             }
@@ -779,7 +789,7 @@ fn blended(from: &TextEmbedding, to: &TextEmbedding, w: f32) -> TextEmbedding {
 
 impl Drop for ModelSource {
     fn drop(&mut self) {
-        let _ = self.scheduler.send(Command::Drop(self.key));
+        let _ = self.scheduler.send(Command::Change(Change::Drop(self.key)));
     }
 }
 
@@ -828,7 +838,7 @@ impl FrameSource for ModelSource {
             Some(i) => {
                 let ChunkStart { chunk, head: start, prompt, blend, prompt_epoch } = self.starts[i].clone();
                 self.starts.truncate(i);
-                self.scheduler.send(Command::Rewind { key: self.key, chunk })?;
+                self.scheduler.send(Command::Change(Change::Rewind { key: self.key, chunk }))?;
                 self.steps_log.retain(|&(from, _)| from < chunk);
                 (self.chunk, self.head, self.prompt, self.blend) = (chunk, start, prompt, blend);
                 self.prompt_epoch = prompt_epoch;
@@ -868,7 +878,7 @@ impl FrameSource for ModelSource {
         let key = self.scheduler.key();
         // Frames from `frame` to the generation head come from this source's memory of them;
         // the device state is copied at the head. (Sent before any chunk of the fork.)
-        let _ = self.scheduler.send(Command::Fork { from: self.key, to: key });
+        let _ = self.scheduler.send(Command::Change(Change::Fork { from: self.key, to: key }));
         let start = frame.clamp(self.behind_from, self.next);
         let skip = (start - self.behind_from) as usize;
         let ahead: VecDeque<Vec<u8>> = self.behind.iter().skip(skip).chain(self.ahead.iter()).cloned().collect();
