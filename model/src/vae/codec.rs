@@ -4,12 +4,12 @@
 use burn::module::{Module, Param};
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
 use super::VaeConfig;
 use super::layers::{
-    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig, maybe_norm,
+    CausalConv, CausalConvConfig, Extent, Input, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig,
+    maybe_norm,
 };
 
 impl VaeConfig {
@@ -152,7 +152,7 @@ impl<B: Backend> Encoder<B> {
             }
         }
         let x = self.mid.forward(x);
-        self.conv_out.forward(silu(maybe_norm(self.norm_out.as_ref(), x)))
+        self.conv_out.forward_input(maybe_norm(self.norm_out.as_ref(), x), Input::Silu, None)
     }
 
     /// FLOPs of the convolutions for one video of `input`, and the latent's extent.
@@ -179,6 +179,36 @@ pub struct DecoderLevel<B: Backend> {
     /// Doubles height and width (and time, on the first levels) and narrows to the next level's
     /// width; absent on the last level.
     pub up: Option<Upsample<B>>,
+}
+
+/// A stage of [`Decoder::forward_stream_observed`], in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecoderStage {
+    ConvIn,
+    Mid,
+    /// Residual block `block` of `level` (0: the coarsest).
+    Block {
+        level: usize,
+        block: usize,
+    },
+    /// The up-sampling after `level`.
+    Up {
+        level: usize,
+    },
+    /// The output norm, SiLU and convolution.
+    Out,
+}
+
+impl std::fmt::Display for DecoderStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecoderStage::ConvIn => write!(f, "conv in"),
+            DecoderStage::Mid => write!(f, "mid block"),
+            DecoderStage::Block { level, block } => write!(f, "level {level} block {block}"),
+            DecoderStage::Up { level } => write!(f, "level {level} up"),
+            DecoderStage::Out => write!(f, "conv out"),
+        }
+    }
 }
 
 /// Latent sample to video.
@@ -231,21 +261,37 @@ impl<B: Backend> Decoder<B> {
     /// [`Decoder::forward`] of one chunk of a stream: the causal past of every temporal
     /// convolution comes from `state` and goes back into it. Returns `4t'` frames for every
     /// chunk after the first.
-    pub fn forward_stream(&self, z: Tensor<B, 5>, mut state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
+    pub fn forward_stream(&self, z: Tensor<B, 5>, state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
+        self.forward_stream_observed(z, state, |_, _| {})
+    }
+
+    /// [`Decoder::forward_stream`], calling `after` with each stage and its output as the stage
+    /// ends (to time the stages: `endless-model decode-bench`).
+    pub fn forward_stream_observed(
+        &self,
+        z: Tensor<B, 5>,
+        mut state: Option<&mut StreamState<B>>,
+        mut after: impl FnMut(DecoderStage, &Tensor<B, 5>),
+    ) -> Tensor<B, 5> {
         if let Some(s) = state.as_deref_mut() {
             s.begin_chunk();
         }
         let x = self.conv_in.forward_stream(z, state.as_deref_mut());
+        after(DecoderStage::ConvIn, &x);
         let mut x = self.mid.forward_stream(x, state.as_deref_mut());
-        for level in &self.levels {
-            for block in &level.blocks {
-                x = block.forward_stream(x, state.as_deref_mut());
+        after(DecoderStage::Mid, &x);
+        for (level, stages) in self.levels.iter().enumerate() {
+            for (block, b) in stages.blocks.iter().enumerate() {
+                x = b.forward_stream(x, state.as_deref_mut());
+                after(DecoderStage::Block { level, block }, &x);
             }
-            if let Some(up) = &level.up {
+            if let Some(up) = &stages.up {
                 x = up.forward_stream(x, state.as_deref_mut());
+                after(DecoderStage::Up { level }, &x);
             }
         }
-        let x = self.conv_out.forward_stream(silu(maybe_norm(self.norm_out.as_ref(), x)), state.as_deref_mut());
+        let x = self.conv_out.forward_input(maybe_norm(self.norm_out.as_ref(), x), Input::Silu, state.as_deref_mut());
+        after(DecoderStage::Out, &x);
         if let Some(s) = state {
             s.end_chunk();
         }

@@ -11,6 +11,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::PadMode;
 
+use super::direct;
+
 /// The extent of a video inside the network, per batch element: frames and pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -95,23 +97,55 @@ impl<B: Backend> StreamState<B> {
         self.started = true;
     }
 
-    /// `y` (`[b, t, c, h, w]`) with its `k − 1` frames of past in front — the previous
-    /// chunk's, or copies of the first frame at the start — remembering the last `k − 1`.
-    fn with_past(&mut self, y: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
-        let padded = if self.started {
-            Tensor::cat(vec![self.past[self.cursor].clone(), y], 1)
+    /// The `k − 1` frames of past (`[b, k − 1, c, h, w]`) in front of `y` (`[b, t, c, h, w]`):
+    /// the previous chunk's, or copies of the first frame at the start; remembers the last
+    /// `k − 1` frames of the two together for the next chunk.
+    fn past(&mut self, y: &Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
+        let past = if self.started { self.past[self.cursor].clone() } else { first_frame_copies(y, k) };
+        let t = y.dims()[1];
+        let keep = if t >= k - 1 {
+            y.clone().narrow(1, t - (k - 1), k - 1)
         } else {
-            y.pad([(k - 1, 0), (0, 0), (0, 0), (0, 0)], PadMode::Edge)
+            Tensor::cat(vec![past.clone(), y.clone()], 1).narrow(1, t, k - 1)
         };
-        let n = padded.dims()[1];
-        let keep = padded.clone().narrow(1, n - (k - 1), k - 1);
         if self.started {
             self.past[self.cursor] = keep;
         } else {
             self.past.push(keep);
         }
         self.cursor += 1;
-        padded
+        past
+    }
+}
+
+/// `k − 1` copies of the first frame of `y` (`[b, t, c, h, w]`): the past of a clip's start.
+fn first_frame_copies<B: Backend>(y: &Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
+    y.clone().narrow(1, 0, 1).repeat_dim(1, k - 1)
+}
+
+/// What a causal convolution makes of its input before the spatial convolution. The CPU's
+/// direct kernel does it as it pads each frame ([`direct`]); elsewhere it is a tensor op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    AsIs,
+    /// SiLU.
+    Silu,
+    /// Nearest-neighbour up-sampling by 2 in height and width.
+    Doubled,
+}
+
+impl Input {
+    /// `x` (`[n, c, h, w]`) made so with tensor ops.
+    pub(crate) fn apply<B: Backend>(self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Input::AsIs => x,
+            Input::Silu => silu(x),
+            Input::Doubled => {
+                let [n, c, h, w] = x.dims();
+                let x = x.reshape([n * c, h, 1, w, 1]).repeat_dim(2, 2).repeat_dim(4, 2); // [n*c, h, 2, w, 2]
+                x.reshape([n, c, 2 * h, 2 * w])
+            }
+        }
     }
 }
 
@@ -179,23 +213,38 @@ impl<B: Backend> CausalConv<B> {
     /// # Panics
     /// With a state, if the temporal stride is not 1.
     pub fn forward_stream(&self, x: Tensor<B, 5>, state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
+        self.forward_input(x, Input::AsIs, state)
+    }
+
+    /// [`CausalConv::forward_stream`] of `x` made as `input` says (`[b, t, c, h, w]`, or
+    /// `[b, t, c, h / 2, w / 2]` when [`Input::Doubled`]).
+    pub fn forward_input(&self, x: Tensor<B, 5>, input: Input, state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
         let [b, t, c, h, w] = x.dims();
         let x = x.reshape([b * t, c, h, w]);
-        let y = self.spatial.forward(x); // [b*t, c', h', w']
+        let y = if direct::applies(&self.spatial) {
+            direct::conv2d(&self.spatial, x, input)
+        } else {
+            self.spatial.forward(input.apply(x))
+        }; // [b*t, c', h', w']
         let [_, c, h, w] = y.dims();
         let Some(temporal) = &self.temporal else {
             return y.reshape([b, t, c, h, w]);
         };
         let (k, s) = (self.temporal_kernel, self.temporal_stride);
         let t_out = (t - 1) / s + 1;
-        // [b, t + k - 1, c', h', w']: k - 1 frames of past (at the start, copies of the first).
         let y = y.reshape([b, t, c, h, w]);
-        let y = match state {
+        // k - 1 frames of past (at the start, copies of the first).
+        let past = (k > 1).then(|| match state {
             Some(state) => {
                 assert_eq!(s, 1, "streaming needs a temporal stride of 1");
-                state.with_past(y, k)
+                state.past(&y, k)
             }
-            None => y.pad([(k - 1, 0), (0, 0), (0, 0), (0, 0)], PadMode::Edge),
+            None => first_frame_copies(&y, k),
+        });
+        let y = match past {
+            Some(past) if s == 1 && direct::applies_pointwise(temporal) => return direct::temporal(temporal, past, y),
+            Some(past) => Tensor::cat(vec![past, y], 1), // [b, t + k - 1, c', h', w']
+            None => y,
         };
         // Output frame j sees padded frames j·s + i, i < k: each shift i is a slice (every s-th
         // frame of one, through a reshape), stacked along channels. Slices, not an index
@@ -331,8 +380,8 @@ impl<B: Backend> ResBlock<B> {
 
     /// [`ResBlock::forward`] of one chunk of a stream (see [`StreamState`]).
     pub fn forward_stream(&self, x: Tensor<B, 5>, mut state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
-        let y = self.conv1.forward_stream(silu(maybe_norm(self.norm1.as_ref(), x.clone())), state.as_deref_mut());
-        let y = self.conv2.forward_stream(silu(maybe_norm(self.norm2.as_ref(), y)), state);
+        let y = self.conv1.forward_input(maybe_norm(self.norm1.as_ref(), x.clone()), Input::Silu, state.as_deref_mut());
+        let y = self.conv2.forward_input(maybe_norm(self.norm2.as_ref(), y), Input::Silu, state);
         let skip = match &self.skip {
             Some(skip) => {
                 let [b, t, c, h, w] = x.dims();
@@ -410,24 +459,22 @@ impl<B: Backend> Upsample<B> {
     /// first chunk every frame becomes two (`t` → `2t`).
     pub fn forward_stream(&self, x: Tensor<B, 5>, state: Option<&mut StreamState<B>>) -> Tensor<B, 5> {
         let [b, t, c, h, w] = x.dims();
-        let (x, t) = if self.temporal {
+        let x = if self.temporal {
             let x = match &self.expand {
                 // [b*t, 2c, h, w] is [b, t, 2, c, h, w]: frame 2i from the first c channels.
                 Some(expand) => conv1x1(expand, x.reshape([b * t, c, h, w])).reshape([b, 2 * t, c, h, w]),
                 None => x.reshape([b, t, 1, c * h * w]).repeat_dim(2, 2).reshape([b, 2 * t, c, h, w]),
             };
             if state.as_ref().is_some_and(|s| s.started()) {
-                (x, 2 * t)
+                x
             } else {
                 // [x0, x0', x1, x1', …] without its first frame: the first frame stays one.
-                (x.narrow(1, 1, 2 * t - 1), 2 * t - 1)
+                x.narrow(1, 1, 2 * t - 1)
             }
         } else {
-            (x, t)
+            x
         };
-        let x = x.reshape([b * t * c, h, 1, w, 1]).repeat_dim(2, 2).repeat_dim(4, 2); // [b*t*c, h, 2, w, 2]
-        let x = x.reshape([b, t, c, 2 * h, 2 * w]);
-        self.conv.forward_stream(x, state)
+        self.conv.forward_input(x, Input::Doubled, state)
     }
 
     /// This layer with depth to time in place of the repeat, starting where the repeat is: each

@@ -32,14 +32,15 @@
 //! frames equal one decode of the whole stream, with no overlap recomputed and no seam.
 
 mod codec;
+pub mod direct;
 pub(crate) mod layers;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{Decoder, DecoderLevel, Encoder, EncoderLevel};
+pub use codec::{Decoder, DecoderLevel, DecoderStage, Encoder, EncoderLevel};
 pub use layers::{
-    CausalConv, CausalConvConfig, Extent, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig, frame_norm,
-    maybe_norm,
+    CausalConv, CausalConvConfig, Extent, Input, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig,
+    frame_norm, maybe_norm,
 };
 
 use std::fmt;

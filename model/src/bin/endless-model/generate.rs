@@ -433,6 +433,107 @@ pub struct SampleArgs {
     device: DeviceKind,
 }
 
+#[derive(clap::Args)]
+pub struct DecodeBenchArgs {
+    /// A pipeline folder.
+    #[arg(long, default_value = "models/cpu")]
+    model: PathBuf,
+    /// Latent frames per chunk: the service's is the window less the context frames (4 − 2).
+    #[arg(long, default_value_t = 2)]
+    latents: usize,
+    /// Chunks timed, after the stream's first.
+    #[arg(long, default_value_t = 24)]
+    chunks: usize,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceKind,
+}
+
+pub fn decode_bench(args: DecodeBenchArgs) -> Result<()> {
+    if args.latents == 0 || args.chunks == 0 {
+        bail!("--latents and --chunks must be at least 1");
+    }
+    on_device!(args.device, decode_bench_on, &args)
+}
+
+fn decode_bench_on<B: Backend>(device: &B::Device, args: &DecodeBenchArgs) -> Result<()> {
+    use burn::tensor::{Distribution, Tensor};
+    use endless_model::vae::{DecoderStage, Extent};
+    let pipeline = Pipeline::<B>::load(&args.model, true, device)?;
+    let spec = &pipeline.spec;
+    let factor = pipeline.vae_config.spatial_factor();
+    let (h, w) = (spec.height / factor, spec.width / factor);
+    let c = pipeline.vae_config.latent_channels;
+    let decoder = &pipeline.vae.decoder;
+    let latents = || Tensor::<B, 5>::random([1, c, args.latents, h, w], Distribution::Normal(0.0, 1.0), device);
+    let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"));
+    let mut state = StreamState::default();
+    let mut stages: Vec<(DecoderStage, [usize; 5], f64)> = Vec::new();
+    let mut chunk_ms = Vec::with_capacity(args.chunks);
+    let mut frames = 0;
+    for chunk in 0..=args.chunks {
+        let z = spec.denormalise(latents()).swap_dims(1, 2);
+        sync()?;
+        let started = Instant::now();
+        let mut lap = Instant::now();
+        let mut failed = None;
+        let video = decoder.forward_stream_observed(z, Some(&mut state), |stage, out| {
+            if let Err(e) = sync() {
+                failed = Some(e);
+            }
+            let ms = lap.elapsed().as_secs_f64() * 1e3;
+            lap = Instant::now();
+            // The stream's first chunk decodes its first frame alone: a warm-up, not counted.
+            if chunk > 0 {
+                match stages.iter_mut().find(|(s, _, _)| *s == stage) {
+                    Some((_, _, total)) => *total += ms,
+                    None => stages.push((stage, out.dims(), ms)),
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if chunk > 0 {
+            frames += video.dims()[1];
+            chunk_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let per_chunk = frames / args.chunks;
+    let (gflops, _) = decoder.flops(Extent { t: args.latents, h, w });
+    // flops() counts a clip's decode (1 + 4(t − 1) frames); a chunk in the stream makes 4t.
+    let gflops = gflops / 1e9 * per_chunk as f64 / (1 + 4 * (args.latents - 1)) as f64;
+    let total: f64 = chunk_ms.iter().sum();
+    chunk_ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| chunk_ms[((chunk_ms.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{}: {}x{} video, {} latent frames ({per_chunk} frames) a chunk, {} chunks, {} threads",
+        args.model.display(),
+        spec.width,
+        spec.height,
+        args.latents,
+        args.chunks,
+        rayon::current_num_threads()
+    );
+    println!(
+        "per chunk: median {:.1} ms, p90 {:.1} ms; {:.1} frames/s ({:.2}x real time at {} fps); \
+         convolutions {gflops:.2} GFLOP a chunk, {:.1} GFLOP/s",
+        pct(0.5),
+        pct(0.9),
+        frames as f64 / total * 1e3,
+        frames as f64 / total * 1e3 / spec.fps,
+        spec.fps,
+        gflops * args.chunks as f64 / total * 1e3
+    );
+    println!("| stage | output [b, t, c, h, w] | ms a chunk | share |");
+    println!("|---|---|---|---|");
+    let staged: f64 = stages.iter().map(|(_, _, ms)| ms).sum();
+    for (stage, dims, ms) in &stages {
+        println!("| {stage} | {dims:?} | {:.2} | {:.1} % |", ms / args.chunks as f64, 100.0 * ms / staged);
+    }
+    Ok(())
+}
+
 /// Tells that `pipeline` samples in its own steps, its guidance built in, when it is distilled.
 pub fn say_if_distilled<B: Backend>(pipeline: &Pipeline<B>) {
     if let Some(d) = pipeline.spec.distilled {

@@ -128,6 +128,9 @@ enum Command {
     },
     /// Generates a video from a prompt with a pipeline folder, chunk by chunk as a stream.
     Sample(Box<generate::SampleArgs>),
+    /// Measures a pipeline's VAE decoder as the service runs it, one stream decoded chunk by
+    /// chunk: time per chunk and per stage; prints a table.
+    DecodeBench(generate::DecodeBenchArgs),
     /// Reconstruction PSNR of a VAE checkpoint on held-out clips; JSON and a contact sheet.
     EvalVae(eval::EvalVaeArgs),
     /// Trains the evaluator (a small 3D CNN reading the world's attributes off every frame) and
@@ -339,6 +342,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => generate::train(*args),
         Command::Distill(args) => generate::distill(*args),
         Command::Sample(args) => generate::sample(*args),
+        Command::DecodeBench(args) => generate::decode_bench(args),
         Command::Export { model, out } => export(&model, &out),
         Command::Resize { model, size, out } => resize(&model, size, &out),
         Command::EvalVae(args) => eval::eval_vae(args),
