@@ -27,8 +27,10 @@ use std::any::TypeId;
 
 use super::layers::Input;
 
-/// Output channels made together: their sums stay in registers.
+/// Output channels made together, their sums in registers: 8, or 4 for a convolution of at
+/// most 4 outputs (the decoder's last, to RGB), which would waste most of a block of 8.
 const BLOCK: usize = 8;
+const SMALL_BLOCK: usize = 4;
 
 /// Whether `B` is the CPU backend without autodiff (training keeps burn's ops, whose gradients
 /// it needs).
@@ -194,6 +196,21 @@ struct Geometry {
 /// The convolution of every frame's input planes (`frames[i]`: `c_in` planes, padded to rows
 /// of `wp`) with `weight` (`[c_out, c_in, k, k]`) and `bias`: `[frames, c_out, h, w]`.
 fn convolve(frames: &[&[&[f32]]], g: Geometry, weight: &[f32], bias: Option<&[f32]>, c_out: usize) -> Vec<f32> {
+    if c_out <= SMALL_BLOCK {
+        convolve_in_blocks::<SMALL_BLOCK>(frames, g, weight, bias, c_out)
+    } else {
+        convolve_in_blocks::<BLOCK>(frames, g, weight, bias, c_out)
+    }
+}
+
+/// [`convolve`], `BLOCK` output channels at a time.
+fn convolve_in_blocks<const BLOCK: usize>(
+    frames: &[&[&[f32]]],
+    g: Geometry,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    c_out: usize,
+) -> Vec<f32> {
     let Geometry { h, w, k, .. } = g;
     let c_in = frames.first().map_or(0, |f| f.len());
     assert_eq!(weight.len(), c_out * c_in * k * k, "weight of [{c_out}, {c_in}, {k}, {k}]");
@@ -232,7 +249,7 @@ fn convolve(frames: &[&[&[f32]]], g: Geometry, weight: &[f32], bias: Option<&[f3
 
 /// `BLOCK` output planes (`out`, `[BLOCK, h, w]`) of one frame's input `planes` with `weights`
 /// (`[c_in, k, k, BLOCK]`) and `bias`.
-struct Block<'a> {
+struct Block<'a, const BLOCK: usize> {
     g: Geometry,
     planes: &'a [&'a [f32]],
     weights: &'a [f32],
@@ -240,7 +257,7 @@ struct Block<'a> {
     out: &'a mut [f32],
 }
 
-impl pulp::WithSimd for Block<'_> {
+impl<const BLOCK: usize> pulp::WithSimd for Block<'_, BLOCK> {
     type Output = ();
 
     #[inline(always)]
@@ -260,7 +277,7 @@ impl pulp::WithSimd for Block<'_> {
     }
 }
 
-impl Block<'_> {
+impl<const BLOCK: usize> Block<'_, BLOCK> {
     /// Output row `y`, columns `x0 .. x0 + len` (`len` a whole vector when `FULL`), of every
     /// channel of the block: the sums stay in registers over every input plane and tap.
     #[inline(always)]
@@ -321,6 +338,7 @@ mod tests {
             (8, 8, 3, 16, 16, true),
             (16, 8, 3, 10, 22, true),
             (3, 3, 3, 6, 8, false),
+            (8, 4, 3, 8, 8, true),
             (8, 13, 5, 12, 8, true),
             (64, 32, 3, 4, 4, true),
             (5, 17, 1, 4, 12, true),
