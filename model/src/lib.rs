@@ -4,6 +4,7 @@
 //! MP4 writing is behind the `gst` feature.
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod diffusion;

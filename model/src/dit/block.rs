@@ -6,7 +6,6 @@ use super::{TextCondition, zero_linear};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -228,7 +227,7 @@ impl<B: Backend> DitBlock<B> {
             (Some(_), None) => panic!("a block with cross-attention needs the text states"),
             (None, Some(_)) => panic!("a block without cross-attention was given text states"),
         };
-        residual(x, [next(), next(), next()], &|h| self.mlp_out.forward(gelu(self.mlp_in.forward(h))))
+        residual(x, [next(), next(), next()], &|h| self.mlp_out.forward(crate::cpu::gelu(self.mlp_in.forward(h))))
     }
 }
 

@@ -23,20 +23,14 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
-use std::any::TypeId;
 
 use super::layers::Input;
+use crate::cpu::{Silu, on_cpu, values};
 
 /// Output channels made together, their sums in registers: 8, or 4 for a convolution of at
 /// most 4 outputs (the decoder's last, to RGB), which would waste most of a block of 8.
 const BLOCK: usize = 8;
 const SMALL_BLOCK: usize = 4;
-
-/// Whether `B` is the CPU backend without autodiff (training keeps burn's ops, whose gradients
-/// it needs).
-fn on_cpu<B: Backend>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<burn::backend::Flex>()
-}
 
 /// Whether [`conv2d`] computes `conv.forward` for `B`: the CPU backend without autodiff, and a
 /// square odd kernel of stride 1 and dilation 1, padded by half its size, without groups.
@@ -55,11 +49,6 @@ pub fn applies<B: Backend>(conv: &Conv2d<B>) -> bool {
 /// 1×1 convolution.
 pub fn applies_pointwise<B: Backend>(conv: &Conv2d<B>) -> bool {
     on_cpu::<B>() && conv.kernel_size == [1, 1] && conv.stride == [1, 1] && conv.groups == 1
-}
-
-/// A tensor's values as f32.
-fn values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
-    x.into_data().convert::<f32>().into_vec::<f32>().expect("f32 values")
 }
 
 /// The weight (`[c_out, c_in, k, k]`) and bias of `conv`.
@@ -153,35 +142,6 @@ fn pad(x: &[f32], [n, c, h, w]: [usize; 4], p: usize, input: Input) -> Vec<f32> 
         }
     });
     padded
-}
-
-/// SiLU in place, `x·σ(x)`, with an exponential that vectorises (relative error below 1e-6).
-struct Silu<'a>(&'a mut [f32]);
-
-impl pulp::WithSimd for Silu<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for v in self.0.iter_mut() {
-            *v /= 1.0 + exp(-*v);
-        }
-    }
-}
-
-/// `e^x` for f32 (Cephes' `expf`): `x = n·ln 2 + r`, a polynomial in `r`, times `2^n`; no
-/// branches, so that a loop of it vectorises. Saturates below −87.3 and above 88.3.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.3);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let mut q = 1.987_569_1e-4f32;
-    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-        q = q * r + c;
-    }
-    let e = q * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
 /// The sizes of one convolution: output `h × w`, a `k×k` kernel, input rows `wp` long.
@@ -375,22 +335,6 @@ mod tests {
             let d = max_difference(got, expected);
             assert!(d < 1e-4, "frame {j} differs by {d}");
         }
-    }
-
-    /// SiLU by the vectorised exponential, over the range the exponential saturates in.
-    #[test]
-    fn silu_is_burns() {
-        let device = Default::default();
-        let mut xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).collect();
-        xs.extend([-1e4, -90.0, -87.0, 88.0, 90.0, 1e4, 0.0, -0.0]);
-        let mut ours = xs.clone();
-        pulp::Arch::new().dispatch(Silu(&mut ours));
-        let n = xs.len();
-        let burns = values(burn::tensor::activation::silu(Tensor::<Flex, 1>::from_floats(xs.as_slice(), &device)));
-        for ((x, a), b) in xs.iter().zip(&ours).zip(&burns) {
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "SiLU({x}): {a} against {b}");
-        }
-        assert_eq!(ours.len(), n);
     }
 
     #[test]
