@@ -13,7 +13,8 @@
 //! anchors once the stream has some — bounded, whatever the stream's length); its decoder
 //! stage owns each stream's VAE decoder causal state. On the CPU the decoder stage is a thread
 //! of its own (`decode_thread`), which decodes one batch while the worker denoises the next:
-//! the denoiser keeps about one core busy, and this gives the decoder the other. Every change
+//! the denoiser keeps about one core busy, and this gives the decoder the other. Its parallel
+//! work runs on a thread pool of its own (`decode_threads`), not queued behind the denoiser's. Every change
 //! to a stream (fork, drop, rewind) reaches the decoder stage in order after the chunks before
 //! it. A steer starts a new prompt epoch: the old prompt's anchors go.
 //! Sessions only hold a key. Each loop the worker takes every pending job (up to `max_batch`),
@@ -74,6 +75,8 @@ pub struct ModelSettings {
     /// On the CPU, decode on a thread of its own, beside the denoiser: one batch's chunks are
     /// decoded while the next batch is denoised. On a GPU the worker decodes in place.
     pub decode_thread: bool,
+    /// Threads of the decoder's own pool (with `decode_thread`); 0: one per core.
+    pub decode_threads: usize,
     /// On the CPU, run the guided passes of each denoising step side by side
     /// ([`Pipeline::parallel_passes`]). On a GPU they stay one batch.
     pub parallel_passes: bool,
@@ -432,9 +435,25 @@ fn run<B: Backend>(
     let mut decode = if settings.decode_thread {
         let (tx, rx) = mpsc::channel::<Decode<B>>();
         let mut decoder = decoder;
+        let threads = settings.decode_threads;
         let spawned = std::thread::Builder::new().name("model-decoder".into()).spawn(move || {
+            // A pool of the decoder's own, this thread its first worker: on the global pool the
+            // decoder's parallel work queued behind the denoiser's passes, and with two or more
+            // streams the decoder was busy 95-98 % of the time (BENCHMARKS.md).
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("model-decoder-{i}"))
+                .use_current_thread()
+                .build();
+            let pool = match pool {
+                Ok(pool) => pool,
+                Err(e) => {
+                    tracing::error!(cause = %e, "starting the decoder's thread pool");
+                    return;
+                }
+            };
             while let Ok(message) = rx.recv() {
-                decoder.handle(message);
+                pool.install(|| decoder.handle(message));
             }
         });
         if let Err(e) = spawned {
@@ -986,6 +1005,7 @@ pub fn replay_source(
         anchor_every,
         max_batch: 1,
         decode_thread: true,
+        decode_threads: 1,
         parallel_passes: true,
         ema,
         history_frames: 0,

@@ -192,6 +192,8 @@ pub struct Model {
     pub max_batch: Bounded<1, 256>,
     /// On the CPU, decode on a thread of its own while the next batch is denoised.
     pub decode_thread: bool,
+    /// Threads of that decoder's own pool; 0: one per core.
+    pub decode_threads: Bounded<0, 64>,
     /// On the CPU, run the guided passes of each denoising step side by side.
     pub parallel_passes: bool,
     /// Use the EMA weights when the folder has them.
@@ -215,6 +217,7 @@ impl Default for Model {
             anchor_every: Bounded(8),
             max_batch: Bounded(8),
             decode_thread: true,
+            decode_threads: Bounded(0),
             parallel_passes: true,
             ema: true,
         }

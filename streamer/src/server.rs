@@ -199,6 +199,7 @@ pub fn model_settings(config: &Config) -> ModelSettings {
         anchor_every: m.anchor_every.get() as usize,
         max_batch: m.max_batch.get() as usize,
         decode_thread: m.decode_thread,
+        decode_threads: m.decode_threads.get() as usize,
         parallel_passes: m.parallel_passes,
         ema: m.ema,
         // Enough for a fork to continue from the frame shown with the whole buffer ahead.
