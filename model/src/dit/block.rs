@@ -262,8 +262,16 @@ impl<B: Backend> WindowAttention<B> {
         let windows = partition.partition(x); // [b*nwin, l, d]
         let [bw, l, d] = windows.dims();
         let h = self.num_heads;
-        let qkv = self.qkv.forward(windows).reshape([bw, l, 3 * h, d / h]).swap_dims(1, 2); // [b*nwin, 3h, l, d/h]
-        let (q, k, v) = (qkv.clone().narrow(1, 0, h), qkv.clone().narrow(1, h, h), qkv.narrow(1, 2 * h, h));
+        let qkv = self.qkv.forward(windows);
+        let (q, k, v) = if crate::cpu::on_cpu::<B>() {
+            // [3, b*nwin, h, l, d/h] in one copy of whole rows: q, k and v each contiguous.
+            let qkv = crate::cpu::permute_rows(qkv.reshape([bw, l, 3, h, d / h]), [2, 0, 3, 1, 4]);
+            let part = |i| qkv.clone().narrow(0, i, 1).reshape([bw, h, l, d / h]);
+            (part(0), part(1), part(2))
+        } else {
+            let qkv = qkv.reshape([bw, l, 3 * h, d / h]).swap_dims(1, 2); // [b*nwin, 3h, l, d/h]
+            (qkv.clone().narrow(1, 0, h), qkv.clone().narrow(1, h, h), qkv.narrow(1, 2 * h, h))
+        };
 
         let index = partition.relative_index(self.table);
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [l * l]), &device);
@@ -278,7 +286,7 @@ impl<B: Backend> WindowAttention<B> {
         });
 
         let context = attention(q, k, v, mask, Some(bias), AttentionModuleOptions::default()); // [b*nwin, h, l, d/h]
-        let context = context.swap_dims(1, 2).reshape([bw, l, d]);
+        let context = crate::cpu::permute_rows(context, [0, 2, 1, 3]).reshape([bw, l, d]);
         partition.merge(self.output.forward(context))
     }
 }
@@ -305,12 +313,12 @@ impl<B: Backend> CrossAttention<B> {
         let [b, n, d] = x.dims();
         let m = text.tokens.dims()[1];
         let h = self.num_heads;
-        let q = self.query.forward(x).reshape([b, n, h, d / h]).swap_dims(1, 2); // [b, h, n, d/h]
+        let q = crate::cpu::permute_rows(self.query.forward(x).reshape([b, n, h, d / h]), [0, 2, 1, 3]); // [b, h, n, d/h]
         let kv = self.key_value.forward(text.tokens.clone()).reshape([b, m, 2 * h, d / h]).swap_dims(1, 2); // [b, 2h, m, d/h]
         let (k, v) = (kv.clone().narrow(1, 0, h), kv.narrow(1, h, h));
         let mask = text.padding_mask.clone().reshape([b, 1, 1, m]).expand([b, h, n, m]);
         let context = attention(q, k, v, Some(mask), None, AttentionModuleOptions::default()); // [b, h, n, d/h]
-        self.output.forward(context.swap_dims(1, 2).reshape([b, n, d]))
+        self.output.forward(crate::cpu::permute_rows(context, [0, 2, 1, 3]).reshape([b, n, d]))
     }
 }
 

@@ -240,6 +240,33 @@ fn block_gradient_matches_finite_differences() {
     }
 }
 
+/// On the CPU at inference a block takes `crate::cpu`'s paths (row-copy permutes around the
+/// attention, GELU by a polynomial); with autodiff it takes burn's ops. They agree.
+#[test]
+fn the_cpu_paths_give_burns_values() {
+    let device = Default::default();
+    let config = DitBlockConfig::new(16, 2, 2, [3, 4, 4]).with_window_side(Some(2)).with_text_dim(Some(8));
+    let block = perturbed_block(config.init::<AB>(&device));
+    let grid = Extent::new(3, 4, 4);
+    let x = normal::<B, 3>([2, grid.volume(), 16], 1.0, &device);
+    let c = normal::<B, 2>([2, 16], 1.0, &device);
+    let mask = TensorData::new(vec![false, false, true, false, true, true], [2, 3]);
+    let text = TextCondition::<B> {
+        tokens: normal([2, 3, 8], 1.0, &device),
+        padding_mask: Tensor::from_data(mask, &device),
+        pooled: Tensor::zeros([2, 8], &device),
+    };
+    let text_ad = TextCondition::<AB> {
+        tokens: Tensor::from_inner(text.tokens.clone()),
+        padding_mask: Tensor::from_data(text.padding_mask.to_data(), &device),
+        pooled: Tensor::from_inner(text.pooled.clone()),
+    };
+    let cpu = block.valid().forward(x.clone(), grid, c.clone(), None, Some(&text));
+    let burns = block.forward(Tensor::from_inner(x), grid, Tensor::from_inner(c), None, Some(&text_ad)).inner();
+    let d = max_abs(cpu.clone() - burns);
+    assert!(d < 1e-5 * max_abs(cpu).max(1.0), "the CPU paths differ from burn's by {d}");
+}
+
 #[test]
 fn overfits_one_batch() {
     let device = Default::default();

@@ -93,7 +93,7 @@ impl Partition {
             x
         };
         let x = x.reshape([b, c.frames, w.frames, c.height, w.height, c.width, w.width, d]); // [b, nt, tw, nh, wh, nw, ww, d]
-        let x = x.permute([0, 1, 3, 5, 2, 4, 6, 7]); // [b, nt, nh, nw, tw, wh, ww, d]
+        let x = crate::cpu::permute_rows(x, [0, 1, 3, 5, 2, 4, 6, 7]); // [b, nt, nh, nw, tw, wh, ww, d]
         x.reshape([b * c.volume(), w.volume(), d])
     }
 
@@ -109,7 +109,7 @@ impl Partition {
         assert!(l == w.volume() && bw.is_multiple_of(c.volume()), "[{bw}, {l}, {d}] are not windows of {self:?}");
         let b = bw / c.volume();
         let x = x.reshape([b, c.frames, c.height, c.width, w.frames, w.height, w.width, d]); // [b, nt, nh, nw, tw, wh, ww, d]
-        let x = x.permute([0, 1, 4, 2, 5, 3, 6, 7]); // [b, nt, tw, nh, wh, nw, ww, d]
+        let x = crate::cpu::permute_rows(x, [0, 1, 4, 2, 5, 3, 6, 7]); // [b, nt, tw, nh, wh, nw, ww, d]
         let x = x.reshape([b, self.padded_frames(), g.height * g.width, d]); // [b, nt*tw, h*w, d]
         x.narrow(1, 0, g.frames).reshape([b, g.volume(), d])
     }
