@@ -14,9 +14,9 @@
 //! stage owns each stream's VAE decoder causal state. On the CPU the decoder stage is a thread
 //! of its own (`decode_thread`), which decodes one batch while the worker denoises the next:
 //! the denoiser keeps about one core busy, and this gives the decoder the other. Its parallel
-//! work runs on a thread pool of its own (`decode_threads`), not queued behind the denoiser's. Every change
-//! to a stream (fork, drop, rewind) reaches the decoder stage in order after the chunks before
-//! it. A steer starts a new prompt epoch: the old prompt's anchors go.
+//! work runs on a thread pool of its own (`decode_threads`), not queued behind the denoiser's.
+//! Every change to a stream (fork, drop, rewind) reaches the decoder stage in order after the
+//! chunks before it. A steer starts a new prompt epoch: the old prompt's anchors go.
 //! Sessions only hold a key. Each loop the worker takes every pending job (up to `max_batch`),
 //! earliest deadline first — the deadline is when the session's buffer runs dry — and denoises
 //! them as one batch; if the batch would finish after the most urgent deadline at full steps,
