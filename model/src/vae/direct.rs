@@ -25,7 +25,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::layers::Input;
-use crate::cpu::{Silu, on_cpu, values};
+use crate::cpu::{Map, on_cpu, silu_of, values};
 
 /// Output channels made together, their sums in registers: 8, or 4 for a convolution of at
 /// most 4 outputs (the decoder's last, to RGB), which would waste most of a block of 8.
@@ -130,7 +130,7 @@ fn pad(x: &[f32], [n, c, h, w]: [usize; 4], p: usize, input: Input) -> Vec<f32> 
             Input::Silu => {
                 rows.zip(from.chunks(w)).for_each(|(row, src)| row[p..p + w].copy_from_slice(src));
                 // The padding stays zero: SiLU(0) = 0.
-                pulp::Arch::new().dispatch(Silu(to));
+                pulp::Arch::new().dispatch(Map(to, silu_of));
             }
             Input::Doubled => {
                 for (i, row) in rows.take(h).enumerate() {
