@@ -191,14 +191,28 @@ fn frames_outside_the_context_mask_are_ignored() {
     assert!(max_abs(model.forward(a) - model.forward(b)) < 1e-5);
 }
 
+/// A block with padded temporal windows (3 frames, windows of 2), spatial windows of 2 × 2 and
+/// text cross-attention, its gates perturbed from zero; and its grid.
+fn windowed_block(device: &burn::tensor::Device<AB>) -> (DitBlock<AB>, Extent) {
+    let config = DitBlockConfig::new(16, 2, 2, [3, 4, 4]).with_window_side(Some(2)).with_text_dim(Some(8));
+    (perturbed_block(config.init::<AB>(device)), Extent::new(3, 4, 4))
+}
+
+/// `text` on the autodiff backend.
+fn on_autodiff(text: &TextCondition<B>) -> TextCondition<AB> {
+    TextCondition {
+        tokens: Tensor::from_inner(text.tokens.clone()),
+        padding_mask: Tensor::from_data(text.padding_mask.to_data(), &text.padding_mask.device()),
+        pooled: Tensor::from_inner(text.pooled.clone()),
+    }
+}
+
 #[test]
 fn block_gradient_matches_finite_differences() {
     let device = Default::default();
     // Padded temporal windows (3 frames, windows of 2), spatial windows of 2 × 2, and a masked
     // text token.
-    let config = DitBlockConfig::new(16, 2, 2, [3, 4, 4]).with_window_side(Some(2)).with_text_dim(Some(8));
-    let block = perturbed_block(config.init::<AB>(&device));
-    let grid = Extent::new(3, 4, 4);
+    let (block, grid) = windowed_block(&device);
     let shape = [1, grid.volume(), 16];
     let c = normal::<B, 2>([1, 16], 1.0, &device);
     let text = TextCondition::<B> {
@@ -217,11 +231,7 @@ fn block_gradient_matches_finite_differences() {
     };
 
     let x_ad = Tensor::<AB, 3>::from_data(TensorData::new(x.clone(), shape), &device).require_grad();
-    let text_ad = TextCondition::<AB> {
-        tokens: Tensor::from_data(text.tokens.to_data(), &device),
-        padding_mask: Tensor::from_data(text.padding_mask.to_data(), &device),
-        pooled: Tensor::from_data(text.pooled.to_data(), &device),
-    };
+    let text_ad = on_autodiff(&text);
     let y = block.forward(x_ad.clone(), grid, Tensor::from_inner(c.clone()), None, Some(&text_ad));
     let grads = (y * Tensor::from_inner(weights.clone())).sum().backward();
     let grad: Vec<f32> = x_ad.grad(&grads).expect("x requires grad").into_data().to_vec().unwrap();
@@ -245,9 +255,7 @@ fn block_gradient_matches_finite_differences() {
 #[test]
 fn the_cpu_paths_give_burns_values() {
     let device = Default::default();
-    let config = DitBlockConfig::new(16, 2, 2, [3, 4, 4]).with_window_side(Some(2)).with_text_dim(Some(8));
-    let block = perturbed_block(config.init::<AB>(&device));
-    let grid = Extent::new(3, 4, 4);
+    let (block, grid) = windowed_block(&device);
     let x = normal::<B, 3>([2, grid.volume(), 16], 1.0, &device);
     let c = normal::<B, 2>([2, 16], 1.0, &device);
     let mask = TensorData::new(vec![false, false, true, false, true, true], [2, 3]);
@@ -256,11 +264,7 @@ fn the_cpu_paths_give_burns_values() {
         padding_mask: Tensor::from_data(mask, &device),
         pooled: Tensor::zeros([2, 8], &device),
     };
-    let text_ad = TextCondition::<AB> {
-        tokens: Tensor::from_inner(text.tokens.clone()),
-        padding_mask: Tensor::from_data(text.padding_mask.to_data(), &device),
-        pooled: Tensor::from_inner(text.pooled.clone()),
-    };
+    let text_ad = on_autodiff(&text);
     let cpu = block.valid().forward(x.clone(), grid, c.clone(), None, Some(&text));
     let burns = block.forward(Tensor::from_inner(x), grid, Tensor::from_inner(c), None, Some(&text_ad)).inner();
     let d = max_abs(cpu.clone() - burns);
