@@ -462,7 +462,13 @@ impl<B: Backend> Pipeline<B> {
         let [_, h, w] = self.latent_frame();
         let forward = self.denoiser_config.gflops(self.spec.window, h, w, text_tokens);
         let backward = if matches!(settings.mode, ExtendMode::Guided { .. }) { 2.0 } else { 0.0 };
-        settings.steps as f64 * (guidance_passes(&self.guidance(settings)).len() as f64 + backward) * forward
+        settings.steps as f64 * (self.passes_per_step(settings) as f64 + backward) * forward
+    }
+
+    /// The denoiser passes one step with `settings` runs: one for a distilled denoiser, else
+    /// one per guided pass.
+    pub fn passes_per_step(&self, settings: &SamplerSettings) -> usize {
+        guidance_passes(&self.guidance(settings)).len()
     }
 
     /// The guidance `settings` get with this denoiser: none on top of a distilled one's own.

@@ -227,7 +227,8 @@ fn a_distilled_pipeline_streams_in_its_own_steps_without_guidance() {
     let (Some(teacher), Some(text)) = (pipeline_dir(), dir_for_tests()) else { return };
     let dir = std::env::temp_dir().join(format!("endless-model-source-distilled-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
-    let from = DistillFrom { teacher, teacher_steps: 4, guidance: Guidance { text: 2.0, context: 1.0 } };
+    let from =
+        DistillFrom { teacher, teacher_steps: 4, guidance: Guidance { text: 2.0, context: 1.0 }, guidance_only: false };
     let options = TrainDenoiserOptions {
         batch: 2,
         steps: 2,

@@ -23,6 +23,11 @@
 //! student's x̂ of them stays meaningful for reconstruction guidance. Self-conditioning feeds
 //! the student its own detached x̂ (as in training) and the teacher's first step the same,
 //! its second step the x̂ of its first.
+//!
+//! **Guidance alone** (`guidance_only`, the first stage of Meng et al. 2023, *On Distillation
+//! of Guided Diffusion Models*): the student keeps its undistilled teacher's `N` steps and learns
+//! the teacher's guided x̂ at each of them, `ṽ = (α_t·z_t − x̂_guided)/σ_t`, from one pass; no
+//! step is halved. A chunk then costs `N` passes instead of `2N`, at the teacher's grid.
 
 use super::denoiser::{Conditions, TrainDenoiserOptions, coefficients, conditions};
 use crate::diffusion::{Guidance, gaussian};
@@ -48,6 +53,9 @@ pub struct DistillFrom {
     /// The classifier-free guidance to build into the student, when the teacher is not
     /// distilled itself (a distilled one has its guidance built in already).
     pub guidance: Guidance,
+    /// Distil the guidance alone: the student keeps the teacher's steps (an undistilled teacher
+    /// only) and learns its guided output at each of them in one pass.
+    pub guidance_only: bool,
 }
 
 /// A loaded teacher: the pipeline, how it samples, and what its student will be.
@@ -61,14 +69,23 @@ impl DistillFrom {
     pub(crate) fn load<B: Backend>(&self, device: &B::Device) -> Result<Teacher<B>> {
         let pipeline = Pipeline::<B>::load(&self.teacher, true, device)?;
         let (steps, guidance, student) = match pipeline.spec.distilled {
+            Some(_) if self.guidance_only => {
+                bail!("{} is distilled: its guidance is built in already", self.teacher.display())
+            }
             Some(d) => (d.steps, Guidance::NONE, Distilled { steps: d.steps / 2, ..d }),
-            None => (
-                self.teacher_steps,
-                self.guidance,
-                Distilled { steps: self.teacher_steps / 2, from_steps: self.teacher_steps, guidance: self.guidance },
-            ),
+            None => {
+                let to = if self.guidance_only { self.teacher_steps } else { self.teacher_steps / 2 };
+                (
+                    self.teacher_steps,
+                    self.guidance,
+                    Distilled { steps: to, from_steps: self.teacher_steps, guidance: self.guidance },
+                )
+            }
         };
-        if steps < 2 || !steps.is_multiple_of(2) {
+        if self.guidance_only && steps == 0 {
+            bail!("a teacher of 0 steps has no guidance to distil");
+        }
+        if !self.guidance_only && (steps < 2 || !steps.is_multiple_of(2)) {
             bail!("a teacher of {steps} steps cannot be halved: distil from an even number of steps");
         }
         let settings = SamplerSettings { steps, eta: 0.0, guidance, mode: ExtendMode::Conditioned };
@@ -80,6 +97,11 @@ impl<B: Backend> Teacher<B> {
     /// The student's pipeline spec: the teacher's, distilled one round further.
     pub fn student_spec(&self) -> PipelineSpec {
         PipelineSpec { distilled: Some(self.student), ..self.pipeline.spec.clone() }
+    }
+
+    /// Whether the student keeps the teacher's steps and learns only its guidance.
+    fn guidance_only(&self) -> bool {
+        self.student.steps == self.settings.steps
     }
 }
 
@@ -140,8 +162,8 @@ pub(crate) fn distill_loss<B: AutodiffBackend>(
         z.clone() * a.clone() - v * s.clone()
     });
 
-    // A deterministic DDIM step of the teacher from `at` (α, σ) to (α_to, σ_to): (z, x̂).
-    let ddim = |z: Inner5<B>, at: &[f64], sc, (a, s): (Inner5<B>, Inner5<B>), (a_to, s_to): (Inner5<B>, _)| {
+    // The teacher's guided x̂ of `z` at `at` (α, σ), and its v̂.
+    let guided = |z: Inner5<B>, at: &[f64], sc, (a, s): (Inner5<B>, Inner5<B>)| {
         let v = teacher.pipeline.guided_v(
             &teacher.settings,
             z.clone(),
@@ -152,19 +174,27 @@ pub(crate) fn distill_loss<B: AutodiffBackend>(
             &teacher_text,
             &device,
         );
-        let x_hat = z.clone() * a.clone() - v.clone() * s.clone();
-        let eps_hat = z * s + v * a;
-        (x_hat.clone() * a_to + eps_hat * s_to, x_hat)
+        (z * a - v.clone() * s, v)
     };
-    let (z_mid, x_mid) =
-        ddim(z.clone(), &times, self_cond.clone(), (a.clone(), s.clone()), (a_mid.clone(), s_mid.clone()));
-    // The given frames re-noised at the middle time, as a chunk's are before every step.
-    let z_mid = z_mid.mask_where(given.clone(), x_in.clone() * a_mid.clone() + renoise * s_mid.clone());
-    let (z_next, _) = ddim(z_mid, &mid, Some(x_mid), (a_mid, s_mid), (a_next.clone(), s_next.clone()));
-
-    // The one-step target; the given frames keep their true clean latents.
-    let ratio = s_next / s.clone();
-    let x_target = (z_next - z.clone() * ratio.clone()) / (a_next - a.clone() * ratio);
+    let x_target = if teacher.guidance_only() {
+        guided(z.clone(), &times, self_cond.clone(), (a.clone(), s.clone())).0
+    } else {
+        // A deterministic DDIM step of the teacher from `at` (α, σ) to (α_to, σ_to): (z, x̂).
+        let ddim = |z: Inner5<B>, at: &[f64], sc, (a, s): (Inner5<B>, Inner5<B>), (a_to, s_to): (Inner5<B>, _)| {
+            let (x_hat, v) = guided(z.clone(), at, sc, (a.clone(), s.clone()));
+            let eps_hat = z * s + v * a;
+            (x_hat.clone() * a_to + eps_hat * s_to, x_hat)
+        };
+        let (z_mid, x_mid) =
+            ddim(z.clone(), &times, self_cond.clone(), (a.clone(), s.clone()), (a_mid.clone(), s_mid.clone()));
+        // The given frames re-noised at the middle time, as a chunk's are before every step.
+        let z_mid = z_mid.mask_where(given.clone(), x_in.clone() * a_mid.clone() + renoise * s_mid.clone());
+        let (z_next, _) = ddim(z_mid, &mid, Some(x_mid), (a_mid, s_mid), (a_next.clone(), s_next.clone()));
+        // The one-step target.
+        let ratio = s_next / s.clone();
+        (z_next - z.clone() * ratio.clone()) / (a_next - a.clone() * ratio)
+    };
+    // The given frames keep their true clean latents.
     let x_target = x_target.mask_where(given, x_in);
     let v_target = (z.clone() * a - x_target) / s;
 
@@ -173,7 +203,8 @@ pub(crate) fn distill_loss<B: AutodiffBackend>(
 }
 
 /// How closely a distilled student follows its first teacher on the same prompts, seeds and
-/// context, against the plain way to save steps (the teacher with as few steps as the student).
+/// context, against the plain ways to save passes: the teacher with as few steps as the student,
+/// and with as few passes (a guided step runs two or three).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Agreement {
     /// The student's DDIM steps and the teacher's.
@@ -183,6 +214,9 @@ pub struct Agreement {
     /// student's, and the teacher's at the student's steps.
     pub student_mse: f64,
     pub teacher_few_steps_mse: f64,
+    /// The teacher's steps in the student's passes, and its difference so.
+    pub same_passes_steps: usize,
+    pub teacher_same_passes_mse: f64,
 }
 
 /// [`Agreement`] of `student` (a distilled pipeline) with `teacher` sampled as `teacher_settings`
@@ -197,6 +231,8 @@ pub fn agreement<B: Backend>(
 ) -> Agreement {
     let student_settings = student.spec.sampler(*teacher_settings);
     let few = SamplerSettings { steps: student_settings.steps, ..*teacher_settings };
+    let passes = student.passes_per_step(&student_settings) * student_settings.steps;
+    let same = SamplerSettings { steps: (passes / teacher.passes_per_step(teacher_settings)).max(1), ..few };
     let requests = |chunk: u64, context: Option<&[Tensor<B, 4>]>| -> Vec<crate::pipeline::ChunkRequest<B>> {
         prompts
             .iter()
@@ -218,19 +254,22 @@ pub fn agreement<B: Backend>(
         a.iter().zip(b).map(|(a, b)| (a.clone() - b.clone()).square().mean().into_scalar().elem::<f64>()).sum::<f64>()
             / n
     };
-    let (mut student_mse, mut few_mse) = (0.0, 0.0);
-    let first = requests(0, None);
-    let reference = teacher.generate(&first, teacher_settings);
-    student_mse += mse(&student.generate(&first, &student_settings), &reference);
-    few_mse += mse(&teacher.generate(&first, &few), &reference);
-    let second = requests(1, Some(&reference));
-    let reference = teacher.generate(&second, teacher_settings);
-    student_mse += mse(&student.generate(&second, &student_settings), &reference);
-    few_mse += mse(&teacher.generate(&second, &few), &reference);
+    let (mut student_mse, mut few_mse, mut same_mse) = (0.0, 0.0, 0.0);
+    let mut context = None;
+    for chunk in 0..2 {
+        let chunk_requests = requests(chunk, context.as_deref());
+        let reference = teacher.generate(&chunk_requests, teacher_settings);
+        student_mse += mse(&student.generate(&chunk_requests, &student_settings), &reference) / 2.0;
+        few_mse += mse(&teacher.generate(&chunk_requests, &few), &reference) / 2.0;
+        same_mse += mse(&teacher.generate(&chunk_requests, &same), &reference) / 2.0;
+        context = Some(reference);
+    }
     Agreement {
         student_steps: student_settings.steps,
         teacher_steps: teacher_settings.steps,
-        student_mse: student_mse / 2.0,
-        teacher_few_steps_mse: few_mse / 2.0,
+        student_mse,
+        teacher_few_steps_mse: few_mse,
+        same_passes_steps: same.steps,
+        teacher_same_passes_mse: same_mse,
     }
 }

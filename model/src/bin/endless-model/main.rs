@@ -99,8 +99,9 @@ enum Command {
     /// folder for `sample` and the service.
     Train(Box<generate::TrainArgs>),
     /// Progressive distillation: trains a student that samples in half its teacher's DDIM steps
-    /// (its guidance built in), then reports how closely it follows the teacher; --out becomes
-    /// a pipeline folder, and the teacher of the next round.
+    /// (its guidance built in; with --guidance-only in the same steps, one pass each instead of
+    /// two), then reports how closely it follows the teacher; --out becomes a pipeline folder,
+    /// and the teacher of the next round.
     Distill(Box<generate::DistillArgs>),
     /// Writes a trained pipeline folder as the service ships it: the denoiser's EMA weights (or
     /// its weights without an EMA) and the VAE in f16, and pipeline.json.
