@@ -128,18 +128,13 @@ pub(crate) fn distill_loss<B: AutodiffBackend>(
     let times: Vec<f64> = (0..b)
         .map(|i| 1.0 - ((((i as f64 + o.uniform(step, i, 3)) / b as f64) * m).floor().min(m - 1.0)) / m)
         .collect();
-    let mid: Vec<f64> = times.iter().map(|t| t - 0.5 / m).collect();
-    let next: Vec<f64> = times.iter().map(|t| (t - 1.0 / m).max(0.0)).collect();
     let x_in = x.clone().inner();
     let noise = |k: i64| {
         let values = gaussian(noise_hash(o.seed, step, k), 0, b * c * t * h * w);
         Tensor::<B::InnerBackend, 5>::from_data(TensorData::new(values, [b, c, t, h, w]), &device)
     };
-    let (eps, renoise) = (noise(12), noise(13));
     let (a, s) = coefficients::<B::InnerBackend>(schedule, &times, &device);
-    let (a_mid, s_mid) = coefficients::<B::InnerBackend>(schedule, &mid, &device);
-    let (a_next, s_next) = coefficients::<B::InnerBackend>(schedule, &next, &device);
-    let z = x_in.clone() * a.clone() + eps * s.clone();
+    let z = x_in.clone() * a.clone() + noise(12) * s.clone();
 
     // The conditions, the same draws on both backends; the student's prompt is never dropped.
     let cond = conditions(o, &x, embeddings, anchors, step, 0.0, 0.0);
@@ -179,6 +174,10 @@ pub(crate) fn distill_loss<B: AutodiffBackend>(
     let x_target = if teacher.guidance_only() {
         guided(z.clone(), &times, self_cond.clone(), (a.clone(), s.clone())).0
     } else {
+        let mid: Vec<f64> = times.iter().map(|t| t - 0.5 / m).collect();
+        let next: Vec<f64> = times.iter().map(|t| (t - 1.0 / m).max(0.0)).collect();
+        let (a_mid, s_mid) = coefficients::<B::InnerBackend>(schedule, &mid, &device);
+        let (a_next, s_next) = coefficients::<B::InnerBackend>(schedule, &next, &device);
         // A deterministic DDIM step of the teacher from `at` (α, σ) to (α_to, σ_to): (z, x̂).
         let ddim = |z: Inner5<B>, at: &[f64], sc, (a, s): (Inner5<B>, Inner5<B>), (a_to, s_to): (Inner5<B>, _)| {
             let (x_hat, v) = guided(z.clone(), at, sc, (a.clone(), s.clone()));
@@ -188,7 +187,7 @@ pub(crate) fn distill_loss<B: AutodiffBackend>(
         let (z_mid, x_mid) =
             ddim(z.clone(), &times, self_cond.clone(), (a.clone(), s.clone()), (a_mid.clone(), s_mid.clone()));
         // The given frames re-noised at the middle time, as a chunk's are before every step.
-        let z_mid = z_mid.mask_where(given.clone(), x_in.clone() * a_mid.clone() + renoise * s_mid.clone());
+        let z_mid = z_mid.mask_where(given.clone(), x_in.clone() * a_mid.clone() + noise(13) * s_mid.clone());
         let (z_next, _) = ddim(z_mid, &mid, Some(x_mid), (a_mid, s_mid), (a_next.clone(), s_next.clone()));
         // The one-step target.
         let ratio = s_next / s.clone();
