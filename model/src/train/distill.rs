@@ -259,7 +259,10 @@ pub fn agreement<B: Backend>(
         let chunk_requests = requests(chunk, context.as_deref());
         let reference = teacher.generate(&chunk_requests, teacher_settings);
         student_mse += mse(&student.generate(&chunk_requests, &student_settings), &reference) / 2.0;
-        few_mse += mse(&teacher.generate(&chunk_requests, &few), &reference) / 2.0;
+        // As many steps as the teacher's (guidance alone) is the reference itself: 0.
+        if few.steps != teacher_settings.steps {
+            few_mse += mse(&teacher.generate(&chunk_requests, &few), &reference) / 2.0;
+        }
         same_mse += mse(&teacher.generate(&chunk_requests, &same), &reference) / 2.0;
         context = Some(reference);
     }
