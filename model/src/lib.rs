@@ -19,3 +19,12 @@ pub mod vae;
 #[cfg(feature = "gst")]
 pub mod videos;
 pub mod world;
+
+/// A trainable parameter holding `value`, which may have been computed from other parameters
+/// (growing a trained model: [`vae::Encoder::with_latent_channels`],
+/// [`dit::Denoiser::with_latent_channels`]).
+pub(crate) fn grown_param<B: burn::tensor::backend::Backend, const D: usize>(
+    value: burn::tensor::Tensor<B, D>,
+) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+    burn::module::Param::from_tensor(value.detach())
+}

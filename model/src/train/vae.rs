@@ -94,6 +94,9 @@ pub struct TrainVaeOptions {
     /// With `init_from`: keep only its encoder, and start a decoder of `config`'s
     /// `decoder_channels` and `decoder_norm_groups` from a fresh initialisation.
     pub fresh_decoder: bool,
+    /// With `init_from`: grow the latent to this many channels, keeping the trained ones
+    /// ([`crate::vae::Encoder::with_latent_channels`]); `None`: the checkpoint's.
+    pub latent_channels: Option<usize>,
     /// Up-sample time in the decoder by depth to time ([`VaeConfig::depth_to_time`]): for a
     /// fresh decoder, of `config`'s shape; with `init_from` alone, its decoder grown from the
     /// repeat it has, starting from the same output. A resumed run keeps its checkpoint's.
@@ -264,6 +267,7 @@ impl TrainVaeOptions {
             adversarial: None,
             motion_weight: None,
             fresh_decoder: false,
+            latent_channels: None,
             depth_to_time: false,
             checkpoint_every: 500,
             log_every: 10,
@@ -469,7 +473,24 @@ impl<B: AutodiffBackend> Run<B> {
                         param_ids(&model);
                         (config, model)
                     } else {
-                        // Grown from the trained decoder's output: depth to time, more blocks.
+                        // Grown from the output it gives: a wider latent, depth to time, more
+                        // blocks.
+                        if let Some(n) = o.latent_channels
+                            && n != config.latent_channels
+                        {
+                            if o.decoder_only || n < config.latent_channels {
+                                bail!(
+                                    "{} has {} latent channels: a latent grows, end to end ({n} asked{})",
+                                    from.display(),
+                                    config.latent_channels,
+                                    if o.decoder_only { ", with --decoder-only" } else { "" }
+                                );
+                            }
+                            B::seed(device, noise_hash(o.seed, -1, 1));
+                            trained.encoder = trained.encoder.with_latent_channels(&config, n, device);
+                            trained.decoder = trained.decoder.with_latent_channels(n, device);
+                            config = VaeConfig { latent_channels: n, ..config };
+                        }
                         if o.depth_to_time && config.depth_to_time != Some(true) {
                             config = VaeConfig { depth_to_time: Some(true), ..config };
                             trained.decoder = trained.decoder.with_depth_to_time(device);

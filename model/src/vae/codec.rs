@@ -11,6 +11,7 @@ use super::layers::{
     CausalConv, CausalConvConfig, Extent, Input, ResBlock, ResBlockConfig, StreamState, Upsample, UpsampleConfig,
     maybe_norm,
 };
+use crate::grown_param;
 
 impl VaeConfig {
     fn res_block<B: Backend>(&self, c_in: usize, c_out: usize, norm_groups: usize, device: &B::Device) -> ResBlock<B> {
@@ -170,6 +171,70 @@ impl<B: Backend> Encoder<B> {
         let (f, e) = self.conv_out.flops(e);
         (flops + f, e)
     }
+
+    /// This encoder with `latents` latent channels in place of `config`'s, its present latents
+    /// kept bit for bit: the new means are read by freshly initialised weights (drawn from the
+    /// backend's generator) from the features the old ones see, their log-variances start at
+    /// [`LOGVAR_INIT`], and no old moment sees a new feature. With
+    /// [`Decoder::with_latent_channels`], a trained VAE grows its latent without changing what
+    /// it reconstructs.
+    ///
+    /// # Panics
+    /// If `latents` is fewer than `config`'s latent channels.
+    pub fn with_latent_channels(mut self, config: &VaeConfig, latents: usize, device: &B::Device) -> Self {
+        let (c, n) = (config.latent_channels, latents);
+        assert!(n >= c, "a latent grows: {n} channels < {c}");
+        if n == c {
+            return self;
+        }
+        let c_in = self.conv_out.spatial.weight.dims()[1];
+        let fresh = VaeConfig { latent_channels: n, ..config.clone() }.moments_conv::<B>(c_in, device);
+        let d = n - c;
+        // The moments' rows: [old means, new means, old log-variances, new log-variances].
+        let moments = |old: Tensor<B, 4>, new_means: Tensor<B, 4>| {
+            let new_logvars = new_means.zeros_like();
+            Tensor::cat(vec![old.clone().narrow(0, 0, c), new_means, old.narrow(0, c, c), new_logvars], 0)
+        };
+        let moment_bias = |old: Tensor<B, 1>, new_means: Tensor<B, 1>| {
+            let new_logvars = Tensor::full([d], LOGVAR_INIT, device);
+            Tensor::cat(vec![old.clone().narrow(0, 0, c), new_means, old.narrow(0, c, c), new_logvars], 0)
+        };
+        let conv = &mut self.conv_out;
+        match (&mut conv.temporal, &fresh.temporal) {
+            (Some(temporal), Some(fresh_temporal)) => {
+                // The spatial convolution's new outputs go after its old ones, in every frame
+                // the temporal one stacks; the old moments weigh them by zero.
+                let spatial = &mut conv.spatial;
+                let w = spatial.weight.val();
+                spatial.weight = grown_param(Tensor::cat(vec![w, fresh.spatial.weight.val().narrow(0, 0, 2 * d)], 0));
+                spatial.bias = spatial.bias.take().map(|b| {
+                    let new = fresh.spatial.bias.as_ref().expect("a fresh bias").val().narrow(0, 0, 2 * d);
+                    grown_param(Tensor::cat(vec![b.val(), new], 0))
+                });
+                let k = conv.temporal_kernel;
+                let w = temporal.weight.val().reshape([2 * c, k, 2 * c]);
+                let w = Tensor::cat(vec![w.clone(), Tensor::zeros([2 * c, k, 2 * d], device)], 2);
+                let w = w.reshape([2 * c, k * 2 * n, 1, 1]);
+                let fresh_w = fresh_temporal.weight.val().narrow(0, c, d);
+                temporal.weight = grown_param(moments(w, fresh_w));
+                temporal.bias = temporal.bias.take().map(|b| {
+                    let fresh_b = fresh_temporal.bias.as_ref().expect("a fresh bias").val().narrow(0, c, d);
+                    grown_param(moment_bias(b.val(), fresh_b))
+                });
+            }
+            (None, None) => {
+                let spatial = &mut conv.spatial;
+                let fresh_w = fresh.spatial.weight.val().narrow(0, c, d);
+                spatial.weight = grown_param(moments(spatial.weight.val(), fresh_w));
+                spatial.bias = spatial.bias.take().map(|b| {
+                    let fresh_b = fresh.spatial.bias.as_ref().expect("a fresh bias").val().narrow(0, c, d);
+                    grown_param(moment_bias(b.val(), fresh_b))
+                });
+            }
+            _ => unreachable!("the fresh moments convolution has the same temporal kernel"),
+        }
+        self
+    }
 }
 
 /// One resolution level of the decoder: residual blocks, then up-sampling to the next.
@@ -248,6 +313,17 @@ impl<B: Backend> Decoder<B> {
                 level.blocks.push(config.res_block(c, c, config.decoder_groups(), device).with_zero_branch());
             }
         }
+        self
+    }
+
+    /// This decoder reading `latents` latent channels, the new ones weighed by zero, so that
+    /// it decodes what it did until training moves them ([`Encoder::with_latent_channels`]).
+    pub fn with_latent_channels(mut self, latents: usize, device: &B::Device) -> Self {
+        let spatial = &mut self.conv_in.spatial;
+        let [c_out, c, k, kw] = spatial.weight.dims();
+        assert!(latents >= c, "a latent grows: {latents} channels < {c}");
+        let zeros = Tensor::zeros([c_out, latents - c, k, kw], device);
+        spatial.weight = grown_param(Tensor::cat(vec![spatial.weight.val(), zeros], 1));
         self
     }
 

@@ -263,3 +263,36 @@ fn the_motion_term_tells_frozen_frames_from_a_colour_offset() {
     assert!(close(r0, 0.2) && close(r1, 0.2), "{r0} {r1}");
     assert!(close(t0, 0.2) && close(t1, 0.4), "offset {t0}, frozen {t1}");
 }
+
+/// A grown latent keeps the trained one: the old channels' moments bit for bit, the new
+/// channels' log-variances at the start value and their means read from the features, and the
+/// decoder's output unchanged, with and without the temporal half of the moments convolution.
+#[test]
+fn a_grown_latent_keeps_what_the_vae_reconstructs() {
+    let device = Default::default();
+    for temporal_kernel in [3, 1] {
+        let config = test_config().with_temporal_kernel(temporal_kernel);
+        let vae = config.init::<B>(&device);
+        let video = random_video(1, 9, 32, 32);
+        let (mean, logvar) = vae.encode(video.clone());
+        let before = vae.decode(mean.clone());
+
+        let grown = super::Vae {
+            encoder: vae.encoder.clone().with_latent_channels(&config, 6, &device),
+            decoder: vae.decoder.clone().with_latent_channels(6, &device),
+            ..vae
+        };
+        let (grown_mean, grown_logvar) = grown.encode(video);
+        assert_eq!(grown_mean.dims(), [1, 6, 3, 4, 4]);
+        let old = |x: &Tensor<B, 5>| x.clone().narrow(1, 0, 4);
+        let diff = |a: Tensor<B, 5>, b: Tensor<B, 5>| (a - b).abs().max().into_scalar();
+        assert_eq!(diff(old(&grown_mean), mean), 0.0, "kernel {temporal_kernel}: the old means move");
+        assert_eq!(diff(old(&grown_logvar), logvar), 0.0, "kernel {temporal_kernel}: the old log-variances move");
+        let new_logvar = grown_logvar.narrow(1, 4, 2);
+        assert!(diff(new_logvar, Tensor::full([1, 2, 3, 4, 4], super::codec::LOGVAR_INIT, &device)) < 1e-6);
+        let new_mean = grown_mean.clone().narrow(1, 4, 2);
+        assert!(new_mean.abs().max().into_scalar() > 1e-3, "kernel {temporal_kernel}: the new means read nothing");
+        let after = grown.decode(grown_mean);
+        assert!(max_diff(&after, &before, 0..9) < 1e-5, "kernel {temporal_kernel}: the decoder's output changes");
+    }
+}

@@ -212,7 +212,8 @@ struct TrainVaeArgs {
     /// between levels halves height and width).
     #[arg(long, value_delimiter = ',')]
     channels: Option<Vec<usize>>,
-    /// Channels of the latent, in place of the preset's.
+    /// Channels of the latent, in place of the preset's. With --init-from: grow its latent to
+    /// this many, the trained channels kept and the decoder's output unchanged at the start.
     #[arg(long)]
     latent_channels: Option<usize>,
     /// Groups of the group norms, in place of the preset's; 0: no norms.
@@ -404,14 +405,14 @@ fn run(cli: Cli) -> Result<()> {
             if init_from.is_some() && !fresh_decoder && (decoder_channels.is_some() || no_decoder_norm) {
                 bail!("--init-from keeps its decoder's shape; add --fresh-decoder to train a new one");
             }
-            if init_from.is_some() && (channels.is_some() || latent_channels.is_some() || norm_groups.is_some()) {
-                bail!(
-                    "--init-from keeps its encoder: --channels, --latent-channels and --norm-groups are for fresh runs"
-                );
+            if init_from.is_some() && (channels.is_some() || norm_groups.is_some()) {
+                bail!("--init-from keeps its encoder's shape: --channels and --norm-groups are for fresh runs");
             }
+            // A fresh run's latent width, or how far --init-from's latent grows.
+            let grow_latent = latent_channels.filter(|_| init_from.is_some());
             let config = VaeConfig {
                 channels: channels.unwrap_or(config.channels),
-                latent_channels: latent_channels.unwrap_or(config.latent_channels),
+                latent_channels: latent_channels.filter(|_| grow_latent.is_none()).unwrap_or(config.latent_channels),
                 norm_groups: norm_groups.unwrap_or(config.norm_groups),
                 decoder_channels,
                 decoder_norm_groups: no_decoder_norm.then_some(0),
@@ -460,6 +461,7 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 fresh_decoder,
                 motion_weight,
+                latent_channels: grow_latent,
                 depth_to_time,
                 checkpoint_every: run.checkpoint_every,
                 log_every: run.log_every,
