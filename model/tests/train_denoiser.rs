@@ -7,7 +7,7 @@
 //! initialisation) is global to the backend; the tests take turns.
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::Tensor;
+use burn::tensor::{Distribution, Tensor};
 use endless_model::checkpoint;
 use endless_model::diffusion::Guidance;
 use endless_model::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings};
@@ -15,9 +15,10 @@ use endless_model::pipeline::{Distilled, PipelineSpec};
 use endless_model::rolling::Anchors;
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::{
-    DistillFrom, Optimisation, TrainDenoiserOptions, agreement, micro_options, micro_vae, read_loss_csv, train_denoiser,
+    DistillFrom, Optimisation, TrainDenoiserOptions, TrainVaeOptions, agreement, micro_options, micro_vae,
+    read_loss_csv, train_denoiser, train_vae,
 };
-use endless_model::vae::StreamState;
+use endless_model::vae::{StreamState, Vae, VaeConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -362,5 +363,94 @@ fn training_goes_on_from_an_exported_pipeline() {
     spec.save(&shipped).unwrap();
     let err = TrainDenoiserOptions::continuing(&shipped, &text_dir, root.join("refused")).unwrap_err();
     assert!(format!("{err:#}").contains("distilled"), "{err:#}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// A pipeline goes on onto a VAE whose latent grew (`train-vae --init-from --latent-channels`):
+/// the grown VAE encodes the old channels as before, the denoiser grows to the new width, the
+/// latent statistics are measured afresh for every channel, and the pipeline generates and
+/// decodes chunks of the new width. A VAE of fewer channels is refused.
+#[test]
+fn training_goes_on_onto_a_grown_latent() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(text_dir) = dir_for_tests() else { return };
+    let root = dir("grown");
+    let vae = vae_checkpoint(&root);
+    let device = Default::default();
+    let trained = root.join("trained");
+    train_denoiser::<B>(&TrainDenoiserOptions { steps: 2, ..options(&vae, &text_dir, trained.clone()) }, &device)
+        .unwrap();
+    let old: VaeConfig = checkpoint::read_config(&vae).unwrap();
+    let c = old.latent_channels;
+
+    // The VAE grows by 4 channels in one step of a learning rate far below the weights' rounding.
+    let grown_dir = root.join("vae-grown");
+    let grow = TrainVaeOptions {
+        width: 32,
+        height: 32,
+        frames: 5,
+        batch: 1,
+        steps: 1,
+        init_from: Some(vae.clone()),
+        latent_channels: Some(c + 4),
+        checkpoint_every: 0,
+        log_every: 0,
+        ..TrainVaeOptions::new(old.clone(), &grown_dir)
+    }
+    .with_optim(|o| Optimisation { lr: 1e-20, warmup: 0, ema_decay: None, ..o });
+    train_vae::<B>(&grow, &device).unwrap();
+    let grown_vae = grown_dir.join("vae.safetensors");
+    let (a, b): (Vae<Flex>, Vae<Flex>) = (
+        checkpoint::load(old.init(&device), &vae, &device).unwrap(),
+        checkpoint::load(checkpoint::read_config::<VaeConfig>(&grown_vae).unwrap().init(&device), &grown_vae, &device)
+            .unwrap(),
+    );
+    let clip = Tensor::<Flex, 5>::random([1, 3, 5, 32, 32], Distribution::Uniform(-1.0, 1.0), &device);
+    let (before, after) = (a.encode(clip.clone()).0, b.encode(clip).0);
+    assert_eq!(after.dims()[1], c + 4);
+    let moved = (after.narrow(1, 0, c) - before).abs().max().into_scalar();
+    assert!(moved < 1e-6, "the old channels' latents move by {moved}");
+
+    let go_on = |vae: &Path, out: &Path| {
+        let o = TrainDenoiserOptions {
+            vae: vae.to_path_buf(),
+            batch: 2,
+            lead: 1,
+            steps: 1,
+            seed: 2,
+            stats_batches: 1,
+            log_every: 0,
+            ..TrainDenoiserOptions::continuing(&trained, &text_dir, out).unwrap()
+        };
+        train_denoiser::<B>(&o, &device)
+    };
+    let on = root.join("on");
+    go_on(&grown_vae, &on).unwrap();
+    let pipeline = Pipeline::<Flex>::load(&on, true, &device).unwrap();
+    assert_eq!(pipeline.latent_frame()[0], c + 4);
+    let channels = pipeline.spec.channels.as_ref().expect("per-channel statistics");
+    assert_eq!(channels.mean.len(), c + 4, "every channel's statistics are measured");
+    let text = TextEncoder::<Flex>::load(&text_dir, &device).unwrap();
+    let request = ChunkRequest { seed: 1, chunk: 0, context: None, anchors: None, text: text.embed("dawn over hills") };
+    let chunk = pipeline.generate(&[request], &SamplerSettings { steps: 2, ..SamplerSettings::default() }).remove(0);
+    assert_eq!(chunk.dims()[0], c + 4);
+    let frames = pipeline.decode(chunk.unsqueeze_dim::<5>(0));
+    assert_eq!(frames.dims()[3..], [32, 32]);
+
+    // A latent does not shrink.
+    let narrow_dir = root.join("vae-narrow");
+    std::fs::create_dir_all(&narrow_dir).unwrap();
+    let narrow = narrow_dir.join("vae.safetensors");
+    let config = old.clone().with_latent_channels(c - 4);
+    checkpoint::save(
+        &config.init::<Flex>(&device),
+        &config,
+        &serde_json::json!({}),
+        &narrow,
+        checkpoint::Precision::F32,
+    )
+    .unwrap();
+    let err = go_on(&narrow, &root.join("refused")).unwrap_err();
+    assert!(format!("{err:#}").contains("only grows"), "{err:#}");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -25,6 +25,7 @@
 
 mod block;
 mod embed;
+mod grow;
 mod resize;
 #[cfg(test)]
 mod tests;

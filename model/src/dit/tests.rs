@@ -358,3 +358,28 @@ fn anchor_positions_use_their_own_table_by_log_distance() {
     assert!(differs(&near, &default) > 1e-4 && differs(&near, &far) > 1e-4);
     assert_eq!(far, same_bucket);
 }
+
+/// A denoiser grown to a wider latent predicts the old channels as before from the same old
+/// inputs, whatever the new ones hold, and v = 0 for the new channels.
+#[test]
+fn a_grown_denoiser_predicts_the_old_channels_as_before() {
+    let device = Default::default();
+    let model = perturbed(micro().with_latent_channels(4).init::<B>(&device));
+    let old = input([2, 4, 3, 8, 8], Condition::Text(text(2, 3, 8, &device)), &device);
+    let widen = |x: Tensor<B, 5>| Tensor::cat(vec![x, normal([2, 2, 3, 8, 8], 1.0, &device)], 1);
+    let grown_input = DenoiserInput {
+        z_t: widen(old.z_t.clone()),
+        t: old.t.clone(),
+        self_cond: old.self_cond.clone().map(widen),
+        context: old.context.clone().map(|c| FrameContext { latents: widen(c.latents), ..c }),
+        condition: old.condition.clone(),
+        positions: None,
+    };
+    let before = model.forward(old);
+    let grown = model.with_latent_channels(6, &device);
+    let after = grown.forward(grown_input);
+    assert_eq!(after.dims(), [2, 6, 3, 8, 8]);
+    let moved = max_abs(after.clone().narrow(1, 0, 4) - before.clone());
+    assert!(moved < 1e-5 && max_abs(before) > 1e-3, "the old channels' predictions move by {moved}");
+    assert_eq!(max_abs(after.narrow(1, 4, 2)), 0.0, "the new channels start at v = 0");
+}

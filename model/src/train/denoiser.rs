@@ -642,6 +642,20 @@ fn copy_vae(from: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a run going on from a denoiser of `config` can train on the VAE at `vae` (of
+/// `vae_config`): one of the same latent channels, or one whose latent grew from them.
+fn check_latent_growth(config: &DenoiserConfig, vae_config: &VaeConfig, vae: &Path) -> Result<()> {
+    if vae_config.latent_channels < config.latent_channels {
+        bail!(
+            "{} has {} latent channels, fewer than the denoiser's {}: a latent only grows",
+            vae.display(),
+            vae_config.latent_channels,
+            config.latent_channels
+        );
+    }
+    Ok(())
+}
+
 /// Trains a denoiser as `o` says; `o.out` becomes a pipeline folder.
 pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::Device) -> Result<TrainSummary> {
     if o.distill.is_some() && o.init_from.is_some() {
@@ -657,12 +671,19 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
     let teacher = o.distill.as_ref().map(|d| d.load::<B::InnerBackend>(device)).transpose()?;
     let ckpt = o.out.join(DENOISER_FILE);
     let resuming = o.resume && checkpoint::config_path(&ckpt).exists();
+    // The denoiser a fresh run goes on from, as it was trained: its latent may be narrower than
+    // the VAE's, when that VAE's latent grew from the pipeline's.
+    let trained: Option<DenoiserConfig> = match &o.init_from {
+        Some(from) if !resuming => Some(checkpoint::read_config(&crate::pipeline::denoiser_path(from, true))?),
+        _ => None,
+    };
     let config = if resuming {
         checkpoint::read_config(&ckpt)?
     } else if let Some(teacher) = &teacher {
         teacher.pipeline.denoiser_config.clone()
-    } else if let Some(from) = &o.init_from {
-        checkpoint::read_config(&crate::pipeline::denoiser_path(from, true))?
+    } else if let Some(trained) = &trained {
+        check_latent_growth(trained, &vae_config, &o.vae)?;
+        trained.clone().with_latent_channels(vae_config.latent_channels)
     } else {
         o.config.clone().with_latent_channels(vae_config.latent_channels).with_text_dim(text.dim())
     };
@@ -711,7 +732,15 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
                 // A run with context noise samples with its own; one without keeps what the
                 // pipeline it goes on from samples with.
                 let context_noise = if o.context_noise > 0.0 { o.sampling_context_noise() } else { spec.context_noise };
-                PipelineSpec { anchors: spec.anchors || o.anchor_fraction > 0.0, context_noise, ..spec }
+                let spec = PipelineSpec { anchors: spec.anchors || o.anchor_fraction > 0.0, context_noise, ..spec };
+                if trained.as_ref().is_some_and(|t| t.latent_channels == vae_config.latent_channels) {
+                    spec
+                } else {
+                    // A grown latent: every channel's statistics from the new encoder.
+                    let (latent_mean, latent_std, channels) = latent_stats(&encoder, o.stats_batches);
+                    eprintln!("latents of the grown VAE: mean {latent_mean:.4}, std {latent_std:.4}");
+                    PipelineSpec { latent_mean, latent_std, channels: Some(channels), ..spec }
+                }
             }
             (None, None) => {
                 let started = Instant::now();
@@ -743,7 +772,12 @@ pub fn train_denoiser<B: AutodiffBackend>(o: &TrainDenoiserOptions, device: &B::
         // A student starts as its teacher; a continued run as the pipeline it continues.
         let start_from = o.distill.as_ref().map(|d| &d.teacher).or(o.init_from.as_ref());
         let model: Denoiser<B> = match start_from {
-            Some(from) => checkpoint::load(config.init(device), &crate::pipeline::denoiser_path(from, true), device)?,
+            Some(from) => {
+                let shape = trained.clone().unwrap_or_else(|| config.clone());
+                let model: Denoiser<B> =
+                    checkpoint::load(shape.init(device), &crate::pipeline::denoiser_path(from, true), device)?;
+                model.with_latent_channels(config.latent_channels, device)
+            }
             None => {
                 B::seed(device, noise_hash(o.seed, -1, 0));
                 let model = config.init(device);

@@ -83,8 +83,10 @@ pub struct TrainArgs {
     /// Denoiser preset: tiny, medium, small or base.
     #[arg(long, default_value = "tiny", conflicts_with = "init_from")]
     preset: String,
-    /// The trained VAE checkpoint.
-    #[arg(long, required_unless_present = "init_from", conflicts_with = "init_from")]
+    /// The trained VAE checkpoint. With --init-from: a VAE to train on in place of the
+    /// pipeline's, one whose latent grew from the pipeline's (`train-vae --init-from
+    /// --latent-channels`): the denoiser grows to its channels, the new ones starting at zero.
+    #[arg(long, required_unless_present = "init_from")]
     vae: Option<PathBuf>,
     /// Go on training this pipeline folder (e.g. models/cpu): its denoiser, VAE, latent
     /// statistics, frame size, rate and window, with a fresh optimiser. Give another --seed
@@ -201,7 +203,10 @@ fn train_vae_on<B: AutodiffBackend>(device: &B::Device, options: &endless_model:
 pub fn train(args: TrainArgs) -> Result<()> {
     let text = args.text.clone().unwrap_or_else(default_dir);
     let base = match (&args.init_from, &args.vae) {
-        (Some(from), _) => TrainDenoiserOptions::continuing(from, text, &args.out)?,
+        (Some(from), vae) => {
+            let options = TrainDenoiserOptions::continuing(from, text, &args.out)?;
+            TrainDenoiserOptions { vae: vae.clone().unwrap_or(options.vae.clone()), ..options }
+        }
         (None, Some(vae)) => {
             let config = match args.preset.as_str() {
                 "tiny" => DenoiserConfig::tiny(),
