@@ -15,8 +15,8 @@ use endless_model::pipeline::{Distilled, PipelineSpec};
 use endless_model::rolling::Anchors;
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::{
-    DistillFrom, Optimisation, TrainDenoiserOptions, TrainVaeOptions, agreement, micro_options, micro_vae,
-    read_loss_csv, train_denoiser, train_vae,
+    DistillFrom, Optimisation, TrainDenoiserOptions, TrainVaeOptions, agreement, micro_options, micro_pipeline,
+    micro_vae, read_loss_csv, train_denoiser, train_vae,
 };
 use endless_model::vae::{StreamState, Vae, VaeConfig};
 use std::path::{Path, PathBuf};
@@ -375,11 +375,10 @@ fn training_goes_on_onto_a_grown_latent() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(text_dir) = dir_for_tests() else { return };
     let root = dir("grown");
-    let vae = vae_checkpoint(&root);
-    let device = Default::default();
     let trained = root.join("trained");
-    train_denoiser::<B>(&TrainDenoiserOptions { steps: 2, ..options(&vae, &text_dir, trained.clone()) }, &device)
-        .unwrap();
+    micro_pipeline(&trained, &text_dir, 2).unwrap();
+    let vae = trained.join("vae.safetensors");
+    let device = Default::default();
     let old: VaeConfig = checkpoint::read_config(&vae).unwrap();
     let c = old.latent_channels;
 
