@@ -212,6 +212,42 @@ impl ExtendMode {
     }
 }
 
+/// What a sampling step feeds the denoiser as self-conditioning (Chen et al. 2022): a clean
+/// estimate from the step before (none at the first step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelfConditioning {
+    /// The guided x̂ that the previous step moved to, the same for every guidance pass. With
+    /// text guidance w it lies w times further from the unconditional estimate than anything
+    /// training fed. What everything sampled before this setting existed used.
+    Guided,
+    /// Each guidance pass (with the prompt, without it, …) its own unguided x̂ of the previous
+    /// step: what training feeds, an estimate the network itself made under the same condition.
+    #[default]
+    PerPass,
+    /// None at any step.
+    Off,
+}
+
+impl SelfConditioning {
+    fn recorded_before_it_existed() -> Self {
+        SelfConditioning::Guided
+    }
+}
+
+impl std::str::FromStr for SelfConditioning {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "guided" => Ok(SelfConditioning::Guided),
+            "per-pass" => Ok(SelfConditioning::PerPass),
+            "off" => Ok(SelfConditioning::Off),
+            other => Err(format!("unknown self-conditioning {other:?}: guided, per-pass or off")),
+        }
+    }
+}
+
 /// Sampling settings of a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplerSettings {
@@ -220,6 +256,9 @@ pub struct SamplerSettings {
     pub eta: f64,
     pub guidance: Guidance,
     pub mode: ExtendMode,
+    /// Absent from settings recorded before it existed, which sampled [`SelfConditioning::Guided`].
+    #[serde(default = "SelfConditioning::recorded_before_it_existed")]
+    pub self_conditioning: SelfConditioning,
 }
 
 impl Default for SamplerSettings {
@@ -229,6 +268,7 @@ impl Default for SamplerSettings {
             eta: 0.0,
             guidance: Guidance { text: 3.0, context: 1.0 },
             mode: ExtendMode::Conditioned,
+            self_conditioning: SelfConditioning::PerPass,
         }
     }
 }
@@ -392,7 +432,9 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// The guided v̂ of one denoising step of a batch, at the time `t[i]` for item `i`: runs
-    /// the guided passes as one batch of the denoiser and combines them.
+    /// the guided passes as one batch of the denoiser and combines them. `self_cond` is either
+    /// `[b, …]`, fed to every pass, or `[passes · b, …]`, a part per pass in the order of the
+    /// returned passes. Also returns every pass's own v̂, `[passes · b, …]`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn guided_v(
         &self,
@@ -404,7 +446,7 @@ impl<B: Backend> Pipeline<B> {
         positions: &Option<Vec<Vec<FramePosition>>>,
         text: &TextCondition<B>,
         device: &B::Device,
-    ) -> Tensor<B, 5> {
+    ) -> (Tensor<B, 5>, Tensor<B, 5>) {
         let b = z.dims()[0];
         assert_eq!(t.len(), b, "a time per item");
         let g = settings.guidance;
@@ -431,7 +473,7 @@ impl<B: Backend> Pipeline<B> {
         let input = DenoiserInput {
             z_t: z_all,
             t: Tensor::from_data(TensorData::new(t.repeat(n).iter().map(|&t| t as f32).collect(), [n * b]), device),
-            self_cond: self_cond.map(|s| repeat(&s)),
+            self_cond: self_cond.map(|s| if s.dims()[0] == b { repeat(&s) } else { s }),
             context: context_all,
             condition: Condition::Text(text_all),
             positions: positions.as_ref().map(|p| (0..n).flat_map(|_| p.iter().cloned()).collect()),
@@ -444,15 +486,16 @@ impl<B: Backend> Pipeline<B> {
         } else {
             self.denoiser.forward(input)
         };
-        let mut parts = v.chunk(n, 0).into_iter();
+        let mut parts = v.clone().chunk(n, 0).into_iter();
         let full = parts.next().expect("the full pass");
-        match (parts.next(), parts.next()) {
+        let guided = match (parts.next(), parts.next()) {
             (None, _) => full,
             (Some(context_only), None) => {
                 Guidance { context: 1.0, ..g }.combine(context_only.clone(), context_only, full)
             }
             (Some(context_only), Some(null)) => g.combine(null, context_only, full),
-        }
+        };
+        (guided, v)
     }
 
     /// GFLOPs of the denoiser's matrix products for one chunk of one stream with `settings`
@@ -600,15 +643,30 @@ impl<B: Backend> Pipeline<B> {
             }
         };
         let mut index = 0;
+        // Every guidance pass's own x̂ of the previous step, for `SelfConditioning::PerPass`.
+        let mut own_estimates: Option<Tensor<B, 5>> = None;
         let z = ddim.sample_from(
             first,
             z,
-            |z, time, self_cond| {
+            |z, time, guided_estimate| {
                 let z = replace(z, time, index);
                 index += 1;
                 let times = vec![time; b];
-                let v =
-                    self.guided_v(settings, z.clone(), &times, self_cond.clone(), &context, &positions, &text, &device);
+                let fed = match settings.self_conditioning {
+                    SelfConditioning::Guided => guided_estimate,
+                    SelfConditioning::PerPass => own_estimates.take(),
+                    SelfConditioning::Off => None,
+                };
+                let (v, passes) =
+                    self.guided_v(settings, z.clone(), &times, fed.clone(), &context, &positions, &text, &device);
+                if settings.self_conditioning == SelfConditioning::PerPass {
+                    let co = self.spec.schedule.at(time);
+                    let n = passes.dims()[0] / b;
+                    own_estimates =
+                        Some(Tensor::cat(vec![z.clone(); n], 0).mul_scalar(co.alpha) - passes.mul_scalar(co.sigma));
+                }
+                // The full pass's part is what reconstruction guidance differentiates.
+                let self_cond = fed.map(|s| s.narrow(0, 0, b));
                 match (settings.mode, &guide) {
                     (ExtendMode::Guided { weight }, Some(guide)) if any_context => {
                         let co = self.spec.schedule.at(time);
@@ -706,6 +764,23 @@ mod tests {
         let json = serde_json::to_string(&distilled).unwrap();
         assert_eq!(serde_json::from_str::<PipelineSpec>(&json).unwrap(), distilled);
         assert_eq!(distilled.sampler(asked), SamplerSettings { steps: 4, guidance: Guidance::NONE, ..asked });
+    }
+
+    /// Settings recorded before self-conditioning was a setting replay as they were sampled;
+    /// anything new samples with each pass's own estimate.
+    #[test]
+    fn settings_recorded_before_self_conditioning_replay_guided() {
+        let old = r#"{"steps": 4, "eta": 0.0, "guidance": {"text": 8.0, "context": 1.0}, "mode": "conditioned"}"#;
+        let recorded: SamplerSettings = serde_json::from_str(old).unwrap();
+        assert_eq!(recorded.self_conditioning, SelfConditioning::Guided);
+        assert_eq!(SamplerSettings::default().self_conditioning, SelfConditioning::PerPass);
+        let now = SamplerSettings { self_conditioning: SelfConditioning::Off, ..recorded };
+        assert_eq!(serde_json::from_str::<SamplerSettings>(&serde_json::to_string(&now).unwrap()).unwrap(), now);
+        for name in ["guided", "per-pass", "off"] {
+            let parsed: SelfConditioning = name.parse().unwrap();
+            assert_eq!(serde_json::to_value(parsed).unwrap(), name);
+        }
+        assert!("per_pass".parse::<SelfConditioning>().is_err());
     }
 
     /// Per-channel statistics normalise every channel to its own scale, and back exactly; a

@@ -5,7 +5,7 @@
 use burn::backend::Flex;
 use endless_model::diffusion::Guidance;
 use endless_model::eval::{EvaluatorConfig, GenerationEvalOptions, Streams, evaluate_generation, held_out_cases};
-use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings};
+use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings, SelfConditioning};
 use endless_model::rolling::{ContextLayout, RollingContext};
 use endless_model::text::{TextEncoder, dir_for_tests};
 use endless_model::train::micro_pipeline;
@@ -30,7 +30,7 @@ fn micro(name: &str, steps: usize) -> Option<(PathBuf, Pipeline<Flex>, TextEncod
 }
 
 fn settings(mode: ExtendMode) -> SamplerSettings {
-    SamplerSettings { steps: 2, eta: 0.0, guidance: Guidance { text: 2.0, context: 1.0 }, mode }
+    SamplerSettings { steps: 2, eta: 0.0, guidance: Guidance { text: 2.0, context: 1.0 }, mode, ..Default::default() }
 }
 
 #[test]
@@ -250,5 +250,37 @@ fn context_noise_reaches_the_context_and_nothing_else() {
         p.generate(&[rolling.request(case.seed, 1, text.embed(&case.prompt))], &replacement).remove(0)
     };
     assert_eq!(replaced(&clean).to_data(), replaced(&noisy).to_data());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn self_conditioning_feeds_each_pass_its_own_estimate() {
+    let Some((out, pipeline, text)) = micro("self-conditioning", 16) else { return };
+    let case = &held_out_cases(1, 3)[0];
+    let sample = |text_guidance: f64, self_conditioning: SelfConditioning| {
+        let settings = SamplerSettings {
+            steps: 3,
+            guidance: Guidance { text: text_guidance, context: 1.0 },
+            self_conditioning,
+            ..settings(ExtendMode::Conditioned)
+        };
+        let request = RollingContext::new(ContextLayout::recent(1)).request(case.seed, 0, text.embed(&case.prompt));
+        pipeline.generate(&[request], &settings).remove(0)
+    };
+    let differ = |a: &burn::tensor::Tensor<Flex, 4>, b: &burn::tensor::Tensor<Flex, 4>| {
+        (a.clone() - b.clone()).abs().max().into_scalar() > 0.0
+    };
+    // Unguided, one pass: its own estimate is the guided one, bit for bit.
+    let (own, guided, off) = (
+        sample(1.0, SelfConditioning::PerPass),
+        sample(1.0, SelfConditioning::Guided),
+        sample(1.0, SelfConditioning::Off),
+    );
+    assert_eq!(own.to_data(), guided.to_data());
+    assert!(differ(&own, &off), "the estimate fed back changes nothing: the test cannot tell the ways apart");
+    // Guided, the passes' own estimates are not the guided one.
+    let (own, guided) = (sample(4.0, SelfConditioning::PerPass), sample(4.0, SelfConditioning::Guided));
+    assert!(differ(&own, &guided));
+    assert_eq!(sample(4.0, SelfConditioning::PerPass).to_data(), own.to_data(), "deterministic");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -182,6 +182,8 @@ pub struct Model {
     pub text_guidance_tenths: Bounded<0, 1000>,
     /// Classifier-free guidance scale of the past frames, in tenths (10: none).
     pub context_guidance_tenths: Bounded<0, 1000>,
+    /// What each denoising step feeds back as self-conditioning: "per-pass", "guided" or "off".
+    pub self_conditioning: endless_model::pipeline::SelfConditioning,
     /// Past latent frames each chunk is conditioned on.
     pub context_frames: Bounded<1, 64>,
     /// How many of them are long-range anchors once the stream has some.
@@ -212,6 +214,7 @@ impl Default for Model {
             guidance_weight_tenths: Bounded(20),
             text_guidance_tenths: Bounded(80),
             context_guidance_tenths: Bounded(10),
+            self_conditioning: endless_model::pipeline::SelfConditioning::PerPass,
             context_frames: Bounded(2),
             anchors: Bounded(1),
             anchor_every: Bounded(8),

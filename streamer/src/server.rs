@@ -192,6 +192,7 @@ pub fn model_settings(config: &Config) -> ModelSettings {
                 Mode::Conditioned => ExtendMode::Conditioned,
                 Mode::Guided => ExtendMode::Guided { weight: tenths(m.guidance_weight_tenths.get()) },
             },
+            self_conditioning: m.self_conditioning,
         },
         min_steps: m.min_steps.get() as usize,
         context_frames: m.context_frames.get() as usize,

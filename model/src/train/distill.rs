@@ -88,7 +88,7 @@ impl DistillFrom {
         if !self.guidance_only && (steps < 2 || !steps.is_multiple_of(2)) {
             bail!("a teacher of {steps} steps cannot be halved: distil from an even number of steps");
         }
-        let settings = SamplerSettings { steps, eta: 0.0, guidance, mode: ExtendMode::Conditioned };
+        let settings = SamplerSettings { steps, guidance, mode: ExtendMode::Conditioned, ..SamplerSettings::default() };
         Ok(Teacher { pipeline, settings, student })
     }
 }
@@ -159,16 +159,10 @@ pub(crate) fn distill_loss<B: AutodiffBackend>(
 
     // The teacher's guided x̂ of `z` at `at` (α, σ), and its v̂.
     let guided = |z: Inner5<B>, at: &[f64], sc, (a, s): (Inner5<B>, Inner5<B>)| {
-        let v = teacher.pipeline.guided_v(
-            &teacher.settings,
-            z.clone(),
-            at,
-            sc,
-            &teacher_context,
-            &positions,
-            &teacher_text,
-            &device,
-        );
+        let v = teacher
+            .pipeline
+            .guided_v(&teacher.settings, z.clone(), at, sc, &teacher_context, &positions, &teacher_text, &device)
+            .0;
         (z * a - v.clone() * s, v)
     };
     let x_target = if teacher.guidance_only() {

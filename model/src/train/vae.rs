@@ -36,7 +36,7 @@ use super::plot::{LossRow, read_loss_csv, write_loss_csv, write_loss_plot};
 use crate::checkpoint::{self, Precision};
 use crate::data::video_tensor;
 use crate::diffusion::Guidance;
-use crate::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings, SdeditStart};
+use crate::pipeline::{ChunkRequest, ExtendMode, Pipeline, SamplerSettings, SdeditStart, SelfConditioning};
 use crate::text::TextEncoder;
 use crate::vae::{Vae, VaeConfig};
 use crate::world::{ClipOptions, ClipSampler, Split, noise_hash, noise_uniform, render_all};
@@ -209,6 +209,9 @@ impl<B: Backend> Denoising<B> {
             eta: 0.0,
             guidance: Guidance { text: self.o.guidance, context: 1.0 },
             mode: ExtendMode::Conditioned,
+            // As when the shipped decoder was trained on these latents, so that its command
+            // still makes it.
+            self_conditioning: SelfConditioning::Guided,
         };
         let start = SdeditStart { latents: x.clone(), step: first };
         let made = Tensor::stack::<5>(self.pipeline.generate_from(&requests, &settings, Some(&start)), 0);

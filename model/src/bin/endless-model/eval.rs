@@ -6,6 +6,7 @@ use endless_model::checkpoint;
 use endless_model::device::{DeviceKind, Resolved, resolve};
 use endless_model::eval::evaluate_vae;
 use endless_model::media::{Size, write_png};
+use endless_model::pipeline::SelfConditioning;
 use endless_model::vae::{Vae, VaeConfig};
 use endless_model::world::{ClipOptions, Split};
 use std::path::{Path, PathBuf};
@@ -286,6 +287,11 @@ pub struct EvalArgs {
     text_guidance: f64,
     #[arg(long, default_value_t = 1.0)]
     context_guidance: f64,
+    /// What a step feeds the denoiser as self-conditioning: `per-pass` (each guidance pass its
+    /// own estimate of the step before, as training feeds it), `guided` (the step's guided
+    /// estimate, as everything sampled before 2026-12-05) or `off`.
+    #[arg(long, default_value = "per-pass")]
+    self_conditioning: SelfConditioning,
     /// Reconstruction-guidance weight (mode guided).
     #[arg(long, default_value_t = 2.0)]
     guidance_weight: f64,
@@ -343,6 +349,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs, parallel_passes: boo
                 eta: 0.0,
                 guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
                 mode,
+                self_conditioning: args.self_conditioning,
             }),
             layout: ContextLayout { frames: args.context, anchors: args.anchors, anchor_every: args.anchor_every },
             drift_minutes: args.drift_minutes,

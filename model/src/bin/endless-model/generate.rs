@@ -7,7 +7,7 @@ use endless_model::device::{DeviceKind, Resolved, resolve};
 use endless_model::diffusion::Guidance;
 use endless_model::dit::DenoiserConfig;
 use endless_model::media::{Size, contact_sheet, write_mp4, write_png};
-use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings};
+use endless_model::pipeline::{ExtendMode, Pipeline, SamplerSettings, SelfConditioning};
 use endless_model::rolling::{ContextLayout, RollingContext};
 use endless_model::text::{TextEncoder, default_dir};
 use endless_model::train::{DistillFrom, LrSchedule, Optimisation, TrainDenoiserOptions, train_denoiser};
@@ -420,6 +420,11 @@ pub struct SampleArgs {
     /// How chunks use the frames before them: replacement, conditioned or guided.
     #[arg(long, default_value = "conditioned")]
     mode: String,
+    /// What a step feeds the denoiser as self-conditioning: `per-pass` (each guidance pass its
+    /// own estimate of the step before, as training feeds it), `guided` (the step's guided
+    /// estimate, as everything sampled before 2026-12-05) or `off`.
+    #[arg(long, default_value = "per-pass")]
+    self_conditioning: SelfConditioning,
     /// Reconstruction-guidance weight (mode guided).
     #[arg(long, default_value_t = 2.0)]
     guidance_weight: f64,
@@ -587,6 +592,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         eta: args.eta,
         guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
         mode,
+        self_conditioning: args.self_conditioning,
     };
     let parallel = parallel_passes(args.device)?;
     on_device!(args.device, sample_on, &args, &settings, parallel)
