@@ -155,13 +155,43 @@ fn the_evaluator_trains_saves_and_reloads() {
     let o = ClipOptions { width: 32, height: 32, frames: 6, ..ClipOptions::default() };
     let again = endless_model::train::evaluator::accuracy(&evaluator, &o, Split::HeldOut, 4, 7, &device);
     assert_eq!(again.frames, 8);
+
+    // A camera head of its own, trained onto it, changes nothing else: same features (FWD),
+    // same readings of time, weather and scenery, the base's config and meta kept beside it.
+    let camera_out = dir("evaluator-camera");
+    let camera_options = TrainEvaluatorOptions {
+        camera_head_on: Some(out.clone()),
+        config: options.config.clone().with_camera_motion_iterations(Some(2)),
+        out: camera_out.clone(),
+        ..options.clone()
+    };
+    train_evaluator::<Autodiff<Flex>>(&camera_options, &device).unwrap();
+    let with_camera = load_evaluator::<Flex>(&camera_out, &device).unwrap();
+    assert!(with_camera.camera.is_some() && evaluator.camera.is_none());
+    let clips: Vec<_> = {
+        let mut sampler = endless_model::world::ClipSampler::new(Split::HeldOut, 3);
+        (0..2).map(|_| sampler.next_clip(&o).render(false)).collect()
+    };
+    let video = || endless_model::data::video_tensor::<Flex>(&clips, 32, 32, &device);
+    let (a, b) = (evaluator.read(video()), with_camera.read(video()));
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert_eq!(x.features, y.features);
+        assert_eq!(
+            (x.attributes.time, x.attributes.weather, x.attributes.scenery),
+            (y.attributes.time, y.attributes.weather, y.attributes.scenery)
+        );
+    }
+    let info = endless_model::checkpoint::read_info(&camera_out.join("evaluator.safetensors")).unwrap();
+    assert_eq!(info.config["camera_motion_iterations"], 2);
+    assert_eq!(info.meta["camera_head_on"]["meta"]["step"], 3, "the base's own meta");
     let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&camera_out);
 }
 
 /// The evaluator the repository ships (models/evaluator) loads with today's code and still reads
 /// fresh clips of the held-out combinations (128², 16 frames at 8 fps, half with a transition)
 /// as its model card says: time, weather and scenery ≥ 95 % of the frames, the camera ≥ 95 % on
-/// clips without a transition.
+/// clips without a transition and, read one frame ahead by its own head (v6), ≥ 95 % with them.
 #[test]
 fn the_shipped_evaluator_reads_held_out_clips() {
     use endless_model::train::load_evaluator;
@@ -180,6 +210,8 @@ fn the_shipped_evaluator_reads_held_out_clips() {
         assert!(get(&report.accuracy, name) >= 0.95, "{name}: {:?}", report.accuracy);
     }
     assert!(get(&report.accuracy_steady, "camera") >= 0.95, "camera: {:?}", report.accuracy_steady);
+    assert!(evaluator.camera.is_some(), "v6 reads the camera with a head of its own");
+    assert!(get(&report.accuracy, "camera") >= 0.95, "camera, transitions included: {:?}", report.accuracy);
 }
 
 #[test]

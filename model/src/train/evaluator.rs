@@ -53,6 +53,9 @@ pub struct TrainEvaluatorOptions {
     pub seed: u64,
     pub out: PathBuf,
     pub log_every: usize,
+    /// Train only a camera head of its own (the config's `camera_motion_iterations`) onto this
+    /// trained evaluator, keeping the rest of it, and so its features and FWD, as they are.
+    pub camera_head_on: Option<PathBuf>,
 }
 
 impl TrainEvaluatorOptions {
@@ -80,6 +83,7 @@ impl TrainEvaluatorOptions {
             seed: 1,
             out: out.into(),
             log_every: 25,
+            camera_head_on: None,
         }
     }
 
@@ -184,7 +188,21 @@ pub fn train_evaluator<B: AutodiffBackend>(o: &TrainEvaluatorOptions, device: &B
     }
     std::fs::create_dir_all(&o.out)?;
     B::seed(device, noise_hash(o.seed, 0, 7));
-    let mut model: Evaluator<B> = o.config.init(device);
+    let (mut model, config, base) = match &o.camera_head_on {
+        None => (o.config.init::<B>(device), o.config.clone(), serde_json::Value::Null),
+        Some(base) => {
+            let Some(iterations) = o.config.camera_motion_iterations else {
+                bail!("a camera head needs camera_motion_iterations");
+            };
+            let file = evaluator_file(base);
+            let info = checkpoint::read_info(&file)?;
+            let config =
+                checkpoint::read_config::<EvaluatorConfig>(&file)?.with_camera_motion_iterations(Some(iterations));
+            let model = load_evaluator::<B>(base, device)?.with_camera_head(iterations, device);
+            (model, config, serde_json::json!({"path": base, "meta": info.meta}))
+        }
+    };
+    let camera_only = o.camera_head_on.is_some();
     let mut optim = o.optim.adamw().init::<B, Evaluator<B>>();
     let clip_options = o.clip_options();
     let (seed, batch, all) = (o.seed, o.batch, o.all_combinations);
@@ -196,7 +214,11 @@ pub fn train_evaluator<B: AutodiffBackend>(o: &TrainEvaluatorOptions, device: &B
     for step in 0..o.steps {
         let (frames, labels) = feeder.next(step)?;
         let video = video_tensor::<B>(&frames, o.width, o.height, device);
-        let loss = model.loss(video, &labels);
+        let loss = if camera_only {
+            model.camera_loss(video, &labels).expect("the camera head was just added")
+        } else {
+            model.loss(video, &labels)
+        };
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = o.optim.lr_at(step, o.steps);
         model = optim.step(lr, model, grads);
@@ -221,17 +243,23 @@ pub fn train_evaluator<B: AutodiffBackend>(o: &TrainEvaluatorOptions, device: &B
         "clip": {"width": o.width, "height": o.height, "frames": o.frames},
         "combinations": if o.all_combinations { "all" } else { "training split" },
         "held_out": &report,
+        "camera_head_on": base,
     });
-    checkpoint::save(&model, &o.config, &meta, &o.out.join(EVALUATOR_FILE), Precision::F16)?;
+    checkpoint::save(&model, &config, &meta, &o.out.join(EVALUATOR_FILE), Precision::F16)?;
     write_loss_csv(&rows, &o.out.join("loss.csv"))?;
     write_loss_plot(&rows, &o.out.join("loss.png"), 480, 240)?;
     std::fs::write(o.out.join("accuracy.json"), serde_json::to_string_pretty(&report)?)?;
     Ok(report)
 }
 
+/// The weights' file of an evaluator's folder (or the file itself).
+fn evaluator_file(path: &std::path::Path) -> PathBuf {
+    if path.is_dir() { path.join(EVALUATOR_FILE) } else { path.to_path_buf() }
+}
+
 /// Loads a trained evaluator from its folder (or file).
 pub fn load_evaluator<B: Backend>(path: &std::path::Path, device: &B::Device) -> Result<Evaluator<B>> {
-    let file = if path.is_dir() { path.join(EVALUATOR_FILE) } else { path.to_path_buf() };
+    let file = evaluator_file(path);
     let config: EvaluatorConfig = checkpoint::read_config(&file)?;
     Ok(checkpoint::load(config.init(device), &file, device)?)
 }

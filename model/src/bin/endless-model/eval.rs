@@ -137,6 +137,16 @@ pub struct TrainEvaluatorArgs {
     /// Held-out clips for the accuracy report.
     #[arg(long, default_value_t = 256)]
     eval_clips: usize,
+    /// Lucas–Kanade iterations of the camera's own head, which reads each band's motion into
+    /// the frame and out of it (one frame ahead); 0: no such head, the shared head reads the
+    /// camera causally, as it did up to v5, whose command this keeps. Default: 3 with
+    /// --camera-head-on, else 0.
+    #[arg(long)]
+    camera_motion_iterations: Option<usize>,
+    /// Train only the camera's own head onto this trained evaluator (a folder or file),
+    /// keeping the rest of it, and so its features and FWD, as they are.
+    #[arg(long)]
+    camera_head_on: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value = "runs/evaluator")]
@@ -164,11 +174,16 @@ fn train_evaluator_on<B: burn::tensor::backend::AutodiffBackend>(
         eval_clips: args.eval_clips,
         all_combinations: !args.training_combinations_only,
         seed: args.seed,
+        camera_head_on: args.camera_head_on.clone(),
         ..TrainEvaluatorOptions::new(
             EvaluatorConfig::new()
                 .with_fps(args.clips.fps)
                 .with_input_size(args.input_size)
-                .with_channels(args.channels.clone()),
+                .with_channels(args.channels.clone())
+                .with_camera_motion_iterations(
+                    Some(args.camera_motion_iterations.unwrap_or(if args.camera_head_on.is_some() { 3 } else { 0 }))
+                        .filter(|&n| n > 0),
+                ),
             &args.out,
         )
     };
