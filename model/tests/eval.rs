@@ -88,15 +88,21 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
     let worst = alone.iter().flatten().zip(both[1].iter().flatten()).map(|(a, b)| a.abs_diff(*b)).max();
     assert!(worst <= Some(1), "anchored: batched and alone differ by {worst:?}");
 
-    let evaluator = EvaluatorConfig::new().with_input_size(32).init::<Flex>(&device);
+    let plain = EvaluatorConfig::new().with_input_size(32).init::<Flex>(&device);
+    // With a camera head of its own (v6 on), every fourth switch changes the camera.
+    let with_camera = plain.clone().with_camera_head(3, &device);
     for mode in [ExtendMode::Replacement, ExtendMode::Guided { weight: 1.0 }] {
+        let (evaluator, switched) = match mode {
+            ExtendMode::Replacement => (&plain, &["time", "weather"][..]),
+            _ => (&with_camera, &["time", "weather", "scenery", "camera"][..]),
+        };
         let o = GenerationEvalOptions {
             cases: 2,
             clip_seconds: 2.0,
             settings: settings(mode),
             layout: ContextLayout::recent(1),
             drift_minutes: 0.25,
-            switch_cases: 2,
+            switch_cases: switched.len(),
             switch_at: 1.0,
             switch_after: 2.0,
             batch: 2,
@@ -106,8 +112,9 @@ fn streams_batch_like_alone_and_every_measurement_comes_out() {
             continued: mode == ExtendMode::Replacement,
             image_first: mode != ExtendMode::Replacement,
         };
-        let r = evaluate_generation(&pipeline, &evaluator, &|p: &str| text.embed(p), &o, &device);
-        assert_eq!((r.cases.len(), r.drift.len(), r.switches.len()), (2, 1, 2));
+        let r = evaluate_generation(&pipeline, evaluator, &|p: &str| text.embed(p), &o, &device);
+        assert_eq!((r.cases.len(), r.drift.len()), (2, 1));
+        assert_eq!(r.switches.iter().map(|s| s.attribute.as_str()).collect::<Vec<_>>(), switched);
         assert_eq!(r.continued.is_some(), o.continued);
         if let Some(c) = &r.continued {
             assert_eq!(c.per_clip.len(), 2);

@@ -405,8 +405,10 @@ fn clip_metrics<B: Backend>(
         let (m, e) = pan_along(frames, (0..frames.len()).step_by(step), step, want.camera, size);
         (moved, expected) = (moved + m, expected + e);
     }
-    // The camera is read off the pixels (phase correlation): the evaluator's camera head is at
-    // chance on held-out clips (docs/MODEL_CARD.md).
+    // The camera is read off the pixels (phase correlation), once per clip, as it has been since
+    // the first evaluator, whose camera was at chance on held-out clips; the evaluator reads it
+    // per frame since v6 (docs/MODEL_CARD.md), but a prompt's camera does not change within a
+    // generated clip, and the figures stay comparable with every earlier one.
     let per: [f64; 4] = std::array::from_fn(|k| {
         if k == camera { mean(&dirs) } else { mean(&adh.iter().map(|a| a[k]).collect::<Vec<_>>()) }
     });
@@ -561,13 +563,15 @@ pub fn evaluate_generation<B: Backend>(
         .into_iter()
         .enumerate()
         .map(|(i, from)| {
-            // Time, weather or scenery: the attributes the evaluator reads frame by frame.
-            let k = i % 3;
+            // Each attribute in turn, as the evaluator reads it frame by frame (the camera only
+            // with a head of its own, v6 on: the shared head's camera misses at transitions).
+            let k = i % if evaluator.camera.is_some() { 4 } else { 3 };
             let mut to = from.attributes;
             match k {
                 0 => to.time = TimeOfDay::from_index((to.time.index() + 2) % TimeOfDay::COUNT),
                 1 => to.weather = Weather::from_index((to.weather.index() + 1) % Weather::COUNT),
-                _ => to.scenery = Scenery::from_index((to.scenery.index() + 3) % Scenery::COUNT),
+                2 => to.scenery = Scenery::from_index((to.scenery.index() + 3) % Scenery::COUNT),
+                _ => to.camera = Camera::from_index((to.camera.index() + 1) % Camera::COUNT),
             }
             let prompt = Phrasing::sample(o.phrasing, from.seed).caption(&to);
             (from.clone(), Case { prompt, attributes: to, seed: from.seed }, k)
