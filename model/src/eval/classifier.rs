@@ -173,18 +173,20 @@ impl EvaluatorConfig {
             norms.push(GroupNormConfig::new(self.norm_groups, c).init(device));
             c_in = c;
         }
-        Evaluator {
+        let evaluator = Evaluator {
             convs,
             norms,
             head: LinearConfig::new(c_in + 2 * self.motion_bands, LOGITS).init(device),
-            camera: self
-                .camera_motion_iterations
-                .map(|_| LinearConfig::new(2 * self.motion_bands, Camera::COUNT).init(device)),
+            camera: None,
             input_size: self.input_size,
             motion_size: self.motion_size.min(self.input_size),
             motion_bands: self.motion_bands,
             warmup_frames: self.warmup_frames,
-            camera_motion_iterations: self.camera_motion_iterations.unwrap_or(0),
+            camera_motion_iterations: 0,
+        };
+        match self.camera_motion_iterations {
+            Some(iterations) => evaluator.with_camera_head(iterations, device),
+            None => evaluator,
         }
     }
 }
