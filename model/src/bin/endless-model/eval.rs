@@ -298,6 +298,9 @@ pub struct EvalArgs {
     /// DDIM steps per chunk.
     #[arg(long, default_value_t = 8)]
     steps: usize,
+    /// DDIM η (0: deterministic; 1: as stochastic as ancestral sampling).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
     #[arg(long, default_value_t = 8.0)]
     text_guidance: f64,
     #[arg(long, default_value_t = 1.0)]
@@ -361,7 +364,7 @@ fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs, parallel_passes: boo
             clip_seconds: args.clip_seconds,
             settings: pipeline.spec.sampler(SamplerSettings {
                 steps: args.steps.max(1),
-                eta: 0.0,
+                eta: args.eta,
                 guidance: Guidance { text: args.text_guidance, context: args.context_guidance },
                 mode,
                 self_conditioning: args.self_conditioning,
