@@ -222,17 +222,9 @@ impl<B: Backend> Evaluator<B> {
     /// # Shapes
     /// - `video`: `[b, 3, t, h, w]` in [-1, 1], `h` and `w` multiples of `input_size`
     pub fn forward(&self, video: Tensor<B, 5>) -> EvaluatorOutput<B> {
-        let [b, c, t, h, w] = video.dims();
-        let (fh, fw) = (h / self.input_size, w / self.input_size);
-        assert!(
-            fh >= 1 && fw >= 1 && h == fh * self.input_size && w == fw * self.input_size,
-            "{h}×{w} is not a multiple of {}",
-            self.input_size
-        );
-        let x = pool_square(video.swap_dims(1, 2).reshape([b * t, c, h, w]), self.input_size);
-        let (m, bands) = (self.motion_size, self.motion_bands);
-        let small = pool_square(x.clone(), m).reshape([b, t, c, m, m]);
-        let motion = banded_motion(small.clone(), bands);
+        let [b, c, t, _, _] = video.dims();
+        let (x, small) = self.pooled(video);
+        let motion = banded_motion(small.clone(), self.motion_bands);
         let mut x = x.reshape([b, t, c, self.input_size, self.input_size]);
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
             x = silu(frame_norm(norm, conv.forward(x)));
@@ -246,6 +238,25 @@ impl<B: Backend> Evaluator<B> {
             logits = Tensor::cat(vec![logits.narrow(2, 0, LOGITS - Camera::COUNT), camera], 2);
         }
         EvaluatorOutput { features, logits }
+    }
+
+    /// The clip's frames pooled to `input_size`² (`[b·t, c, s, s]`, what the CNN reads) and
+    /// from there to `motion_size`² (`[b, t, c, m, m]`, what the motion is measured on).
+    ///
+    /// # Panics
+    /// If the frames' size is not a multiple of `input_size`.
+    fn pooled(&self, video: Tensor<B, 5>) -> (Tensor<B, 4>, Tensor<B, 5>) {
+        let [b, c, t, h, w] = video.dims();
+        let (fh, fw) = (h / self.input_size, w / self.input_size);
+        assert!(
+            fh >= 1 && fw >= 1 && h == fh * self.input_size && w == fw * self.input_size,
+            "{h}×{w} is not a multiple of {}",
+            self.input_size
+        );
+        let x = pool_square(video.swap_dims(1, 2).reshape([b * t, c, h, w]), self.input_size);
+        let m = self.motion_size;
+        let small = pool_square(x.clone(), m).reshape([b, t, c, m, m]);
+        (x, small)
     }
 
     /// The camera head's logits, `[b, t, Camera::COUNT]`, from the frames pooled to
@@ -280,10 +291,8 @@ impl<B: Backend> Evaluator<B> {
     pub fn camera_loss(&self, video: Tensor<B, 5>, labels: &[Vec<Attributes>]) -> Option<Tensor<B, 1>> {
         let head = self.camera.as_ref()?;
         let device = video.device();
-        let [b, c, t, h, w] = video.dims();
-        let m = self.motion_size;
-        let x = pool_square(video.swap_dims(1, 2).reshape([b * t, c, h, w]), self.input_size);
-        let small = pool_square(x, m).reshape([b, t, c, m, m]);
+        let t = video.dims()[2];
+        let (_, small) = self.pooled(video);
         let skip = self.warmup_frames.min(t - 1);
         let logits = self.camera_logits(head, small).narrow(1, skip, t - skip);
         let targets: Vec<i64> =
